@@ -1,0 +1,1 @@
+"""ComponentResources shared by every stack: one module per thing deployed."""

@@ -1,0 +1,1 @@
+"""dynctl: operations for dynamo-distributed (render, policy, twin, preflight, smoke, traffic, health)."""

@@ -1,0 +1,31 @@
+"""python -m dynctl <command> ...: one entry point; each command lives in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = ("render", "policy", "twin", "preflight", "smoke", "traffic", "health")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dynctl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"dynctl.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"dynctl.{name}":
+                raise
+            continue
+        module.register(sub)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Wiring shared by every topology: config in, components out, stack outputs back."""
+
+from __future__ import annotations
+
+import json
+
+import pulumi
+
+from components.frontend_service import FrontendService
+from components.graph import DynamoGraph
+from components.model_cache import ModelCache
+from stacks.config import StackConfig
+
+
+def deploy(cfg: StackConfig, *, spread_across_nodes: bool, disruption_budgets: bool) -> dict:
+    graph_name = cfg.graph.name
+    cache = None
+    if cfg.model_cache.enabled:
+        cache = ModelCache(f"{graph_name}-model-cache", {
+            "namespace": cfg.namespace,
+            "claim_name": f"{graph_name}-model-cache",
+            "size": cfg.model_cache.size,
+            "storage_class": cfg.model_cache.storage_class,
+            "access_mode": cfg.model_cache.access_mode,
+            "host_path": cfg.model_cache.host_path,
+        })
+
+    graph = DynamoGraph(graph_name, {
+        "namespace": cfg.namespace,
+        "name": graph_name,
+        "dynamo_version": cfg.dynamo.version,
+        "image": cfg.dynamo.image,
+        "model": cfg.model_name,
+        "frontend_replicas": cfg.frontend.replicas,
+        "router_mode": cfg.frontend.router_mode,
+        "migration_limit": cfg.frontend.migration_limit,
+        "worker_replicas": cfg.workers.replicas,
+        "worker_gpus": cfg.workers.gpus,
+        "worker_node_count": cfg.workers.node_count,
+        "hf_token": cfg.hf_token,
+        "hf_token_secret_name": cfg.hf_token_secret_name,
+        "discovery": cfg.discovery,
+        "ready_timeout_seconds": cfg.graph.ready_timeout_seconds,
+        "model_cache_volume": cache.volume if cache else None,
+        "model_cache_mount_path": cfg.model_cache.mount_path,
+        "spread_across_nodes": spread_across_nodes,
+    }, opts=pulumi.ResourceOptions(depends_on=[cache] if cache else []))
+
+    service = FrontendService(f"{graph_name}-frontend", {
+        "namespace": cfg.namespace,
+        "graph_name": graph_name,
+        "type": cfg.frontend.service.type,
+        "node_port": cfg.frontend.service.node_port,
+    })
+
+    return {
+        "namespace": cfg.namespace,
+        "graphName": graph.graph_name,
+        "graphApiVersion": graph.api_version,
+        "model": cfg.model_name,
+        "totalGpus": graph.total_gpus,
+        "frontendUrl": service.url,
+        "smokeCurl": service.url.apply(lambda url: smoke_curl(url, cfg.model_name)),
+    }
+
+
+def smoke_curl(url: str, model: str) -> str:
+    """The lab's smoke request, ready to paste."""
+    body = json.dumps({
+        "model": model,
+        "messages": [{"role": "user", "content": "Hello! How are you?"}],
+        "max_tokens": 64,
+        "stream": False,
+    })
+    return f"curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'"

@@ -1,0 +1,72 @@
+"""Validate rendered objects against the real upstream schemas, strictly.
+
+Core Kubernetes kinds: kubernetes-validate (strict: unknown fields fail). Custom resources: the
+CRDs in ../shared/reference/crds, with every object schema closed (an API server drops or, under
+strict field validation, rejects unknown fields, so a misspelt field must fail here).
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CRDS = REPO.parent / "shared" / "reference" / "crds"
+KUBERNETES_VERSION = "1.33"
+
+
+class SchemaMissing(LookupError):
+    pass
+
+
+def _close(schema: dict) -> dict:
+    """additionalProperties: false wherever the CRD lists properties and does not preserve unknowns."""
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _close(v) if isinstance(v, dict) else ([_close(i) for i in v] if isinstance(v, list) else v)
+           for k, v in schema.items()}
+    if "properties" in schema:
+        out["properties"] = {k: _close(v) for k, v in schema["properties"].items()}
+        if "additionalProperties" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+    return out
+
+
+@lru_cache(maxsize=None)
+def _crd_schemas(folder: str) -> dict[tuple[str, str], dict]:
+    found: dict[tuple[str, str], dict] = {}
+    for path in sorted(Path(folder).glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or doc.get("kind") != "CustomResourceDefinition":
+                continue
+            group, kind = doc["spec"]["group"], doc["spec"]["names"]["kind"]
+            for version in doc["spec"]["versions"]:
+                schema = _close(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
+                found[(f"{group}/{version['name']}", kind)] = schema
+    return found
+
+
+def crd_schema(api_version: str, kind: str, dynamo_version: str | None = None) -> dict:
+    folder = CRDS
+    if kind == "DynamoGraphDeployment" and dynamo_version and dynamo_version.startswith("0.8."):
+        folder = CRDS / "v0.8"
+    schemas = _crd_schemas(str(folder))
+    if (api_version, kind) not in schemas:
+        raise SchemaMissing(f"no CRD schema for {api_version} {kind} in {folder}")
+    return schemas[(api_version, kind)]
+
+
+def validate(obj: dict, dynamo_version: str | None = None) -> None:
+    """Raise on any schema violation of one rendered object."""
+    api_version, kind = obj["apiVersion"], obj["kind"]
+    group = api_version.split("/")[0] if "/" in api_version else ""
+    if group == "" or group.endswith(".k8s.io") or group in ("apps", "batch", "policy", "autoscaling") \
+            or group == "networking.k8s.io":
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        return
+    jsonschema.validate(obj, crd_schema(api_version, kind, dynamo_version))
