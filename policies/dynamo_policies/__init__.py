@@ -1,0 +1,13 @@
+"""The dynamo-guardrails policies, importable without starting the policy pack.
+
+`policies/__main__.py` hands `POLICIES` to `PolicyPack` (whose constructor serves gRPC
+forever); `dynctl policy` and the tests run the same policy objects in-process.
+"""
+
+from . import coordination, gpu, operations, supply_chain
+
+PACK_NAME = "dynamo-guardrails"
+
+POLICIES = [*gpu.POLICIES, *supply_chain.POLICIES, *coordination.POLICIES, *operations.POLICIES]
+
+__all__ = ["PACK_NAME", "POLICIES"]
