@@ -1,0 +1,151 @@
+"""The real etcd, NATS and Prometheus servers the twin runs on 127.0.0.1.
+
+Authentication is always on: etcd gets its users through its own API (it stores only hashes), and
+nats-server reads its credentials from environment variables referenced in its config file, so no
+credential is ever written to disk by the twin.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dynctl.twin_process import LOOPBACK, free_port, http_get, http_post_json, log_tail, spawn, running
+
+INSTALL_HINT = {
+    "etcd": "sudo apt-get update && sudo apt-get install -y etcd-server",
+    "nats-server": "sudo apt-get update && sudo apt-get install -y nats-server",
+    "prometheus": "sudo apt-get update && sudo apt-get install -y prometheus",
+}
+
+
+class ServerError(RuntimeError):
+    """A system server is missing or did not come up."""
+
+
+def require_binary(name: str) -> str:
+    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    if not path:
+        raise ServerError(f"`{name}` is not installed; the twin needs it for this stack. Install it with:\n  {INSTALL_HINT[name]}")
+    return path
+
+
+@dataclass
+class Server:
+    role: str
+    name: str
+    pid: int
+    started: str
+    endpoint: str
+    health_url: str
+    log: str
+
+
+def _wait(server: Server, ready, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not running(server.pid, server.started):
+            raise ServerError(f"{what} exited during start-up; last log lines:\n{log_tail(server.log)}")
+        if ready():
+            return
+        time.sleep(0.1)
+    raise ServerError(f"{what} was not ready within {timeout:.0f}s; last log lines:\n{log_tail(server.log)}")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def start_etcd(run_dir: Path, env: dict[str, str], started: list[Server]) -> Server:
+    binary = require_binary("etcd")
+    client, peer = free_port(), free_port()
+    url, peer_url = f"http://{LOOPBACK}:{client}", f"http://{LOOPBACK}:{peer}"
+    argv = [
+        binary, "--name", "twin", "--data-dir", str(run_dir / "etcd-data"),
+        "--listen-client-urls", url, "--advertise-client-urls", url,
+        "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+        "--initial-cluster", f"twin={peer_url}", "--logger", "zap", "--log-outputs", "stderr",
+    ]
+    log = run_dir / "logs" / "etcd.log"
+    pid, t0 = spawn(argv, env, log, run_dir)
+    server = Server("etcd", "etcd", pid, t0, url, f"{url}/health", str(log))
+    started.append(server)
+    _wait(server, lambda: (r := http_get(server.health_url)) is not None and r[0] == 200, "etcd")
+    return server
+
+
+def enable_etcd_auth(server: Server, user: str, password: str, root_password: str) -> None:
+    """Create the client user with read/write on every key, then switch authentication on."""
+    api = server.endpoint + "/v3/auth"
+    calls = [("user/add", {"name": "root", "password": root_password}),
+             ("role/add", {"name": "root"}),
+             ("user/grant", {"user": "root", "role": "root"})]
+    if user != "root":
+        everything = _b64(b"\0")  # key "\0" .. range_end "\0": the whole keyspace
+        calls += [("user/add", {"name": user, "password": password}),
+                  ("role/add", {"name": "dynamo"}),
+                  ("role/grant", {"name": "dynamo", "perm": {"permType": "READWRITE", "key": everything, "range_end": everything}}),
+                  ("user/grant", {"user": user, "role": "dynamo"})]
+    elif password != root_password:
+        raise ServerError("internal: root password mismatch")
+    calls.append(("enable", {}))
+    for path, body in calls:
+        answer = http_post_json(f"{api}/{path}", json.dumps(body).encode())
+        if answer is None or answer[0] != 200 or b'"error"' in answer[1]:
+            detail = answer[1].decode(errors="replace")[:300] if answer else "no answer"
+            raise ServerError(f"configuring etcd authentication failed at {path}: {detail}")
+
+
+def etcd_anonymous_refused(endpoint: str) -> bool:
+    """True when etcd refuses a read without credentials (what an attacker without the Secret sees)."""
+    answer = http_post_json(f"{endpoint}/v3/kv/range", json.dumps({"key": _b64(b"v1/")}).encode())
+    return answer is not None and (answer[0] != 200 or b'"error"' in answer[1])
+
+
+NATS_CONFIG = """# Written by dynctl twin. Credentials come from the server's environment, never this file.
+listen: {host}:{port}
+http: {host}:{monitor}
+authorization {{
+{auth}
+}}
+"""
+
+
+def start_nats(run_dir: Path, env: dict[str, str], auth: dict[str, str], started: list[Server]) -> Server:
+    """auth: {"token": ...} or {"user": ..., "password": ...}."""
+    binary = require_binary("nats-server")
+    port, monitor = free_port(), free_port()
+    server_env = dict(env)
+    lines = []
+    for key, value in auth.items():
+        var = f"TWIN_NATS_{key.upper()}"
+        server_env[var] = value
+        lines.append(f"  {key}: ${var}")
+    conf = run_dir / "nats.conf"
+    conf.write_text(NATS_CONFIG.format(host=LOOPBACK, port=port, monitor=monitor, auth="\n".join(lines)))
+    log = run_dir / "logs" / "nats.log"
+    pid, t0 = spawn([binary, "-c", str(conf)], server_env, log, run_dir)
+    server = Server("nats", "nats", pid, t0, f"nats://{LOOPBACK}:{port}", f"http://{LOOPBACK}:{monitor}/healthz", str(log))
+    started.append(server)
+    _wait(server, lambda: (r := http_get(server.health_url)) is not None and r[0] == 200, "nats-server")
+    return server
+
+
+def start_prometheus(run_dir: Path, env: dict[str, str], config: Path, started: list[Server]) -> Server:
+    binary = require_binary("prometheus")
+    port = free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    argv = [
+        binary, f"--config.file={config}", f"--web.listen-address={LOOPBACK}:{port}",
+        f"--storage.tsdb.path={run_dir / 'prometheus-data'}", "--web.enable-lifecycle",
+    ]
+    log = run_dir / "logs" / "prometheus.log"
+    pid, t0 = spawn(argv, env, log, run_dir)
+    server = Server("prometheus", "prometheus", pid, t0, url, f"{url}/-/ready", str(log))
+    started.append(server)
+    _wait(server, lambda: (r := http_get(server.health_url)) is not None and r[0] == 200, "prometheus", timeout=30)
+    return server
