@@ -6,9 +6,12 @@ import json
 
 import pulumi
 
+from components.coordination import Coordination
+from components.disruption_budget import GraphDisruptionBudgets
 from components.frontend_service import FrontendService
 from components.graph import DynamoGraph
 from components.model_cache import ModelCache
+from components.network_policy import GraphNetworkPolicies
 from stacks.config import StackConfig
 
 
@@ -25,6 +28,18 @@ def deploy(cfg: StackConfig, *, spread_across_nodes: bool, disruption_budgets: b
             "host_path": cfg.model_cache.host_path,
         })
 
+    coordination = Coordination(f"{graph_name}-coordination", {
+        "namespace": cfg.namespace,
+        "graph_name": graph_name,
+        "dynamo_version": cfg.dynamo.version,
+        "discovery": cfg.discovery,
+        "nats": {"chart_version": cfg.nats.chart_version, "replicas": cfg.nats.replicas,
+                 "storage_size": cfg.nats.storage_size, "storage_class": cfg.nats.storage_class} if cfg.nats.enabled else None,
+        "etcd": {"chart_version": cfg.etcd.chart_version, "image_tag": cfg.etcd.image_tag, "replicas": cfg.etcd.replicas,
+                 "storage_size": cfg.etcd.storage_size, "storage_class": cfg.etcd.storage_class} if cfg.etcd.enabled else None,
+    })
+
+    # The graph waits for NATS/etcd to be ready, so a first `pulumi up` converges in one run.
     graph = DynamoGraph(graph_name, {
         "namespace": cfg.namespace,
         "name": graph_name,
@@ -44,7 +59,23 @@ def deploy(cfg: StackConfig, *, spread_across_nodes: bool, disruption_budgets: b
         "model_cache_volume": cache.volume if cache else None,
         "model_cache_mount_path": cfg.model_cache.mount_path,
         "spread_across_nodes": spread_across_nodes,
-    }, opts=pulumi.ResourceOptions(depends_on=[cache] if cache else []))
+        "extra_env": coordination.env,
+    }, opts=pulumi.ResourceOptions(depends_on=([cache] if cache else []) + coordination.releases))
+
+    GraphNetworkPolicies(f"{graph_name}-network", {
+        "namespace": cfg.namespace,
+        "graph_name": graph_name,
+        "discovery": cfg.discovery,
+        "prometheus_namespace": cfg.monitoring.namespace if cfg.monitoring.enabled else None,
+        "peers": coordination.peers,
+    })
+    if disruption_budgets:
+        GraphDisruptionBudgets(f"{graph_name}-disruption", {
+            "namespace": cfg.namespace,
+            "graph_name": graph_name,
+            "components": [{"type": "frontend", "replicas": cfg.frontend.replicas},
+                           {"type": "worker", "replicas": cfg.workers.replicas}],
+        })
 
     service = FrontendService(f"{graph_name}-frontend", {
         "namespace": cfg.namespace,

@@ -70,7 +70,18 @@ FIELDS: tuple[Field, ...] = (
     Field("hfTokenSecretName", str, "hf-token-secret", "Existing Secret (key HF_TOKEN) to use when hfToken is not set.", pattern=_DNS_LABEL, pattern_doc=_DNS_LABEL_DOC),
     Field("discovery", str, "kubernetes", "Discovery backend for every component of the graph (no mixed modes).", choices=("kubernetes", "etcd")),
     Field("nats.enabled", bool, False, "Install NATS (Helm) and use it for the event and request planes."),
+    Field("nats.chartVersion", str, "2.14.2", "Version of the nats-io `nats` chart.", pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$",
+          pattern_doc="a chart version like 2.14.2"),
+    Field("nats.replicas", int, 1, "NATS servers; more than one forms a JetStream cluster (use 3).", minimum=1, maximum=5),
+    Field("nats.storageSize", str, "10Gi", "JetStream file-store claim per NATS server.", pattern=_QUANTITY, pattern_doc="a Kubernetes quantity like 10Gi"),
+    Field("nats.storageClass", str, "", "StorageClass of the JetStream claims; empty uses the cluster default."),
     Field("etcd.enabled", bool, False, "Install etcd (Helm) with authentication on."),
+    Field("etcd.chartVersion", str, "12.0.18", "Version of the Bitnami `etcd` chart (oci://registry-1.docker.io/bitnamicharts/etcd).",
+          pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$", pattern_doc="a chart version like 12.0.18"),
+    Field("etcd.imageTag", str, "3.5.18-debian-12-r5", "Tag of the bitnamilegacy/etcd image.", pattern=r"^\S+$", pattern_doc="an image tag"),
+    Field("etcd.replicas", int, 1, "etcd members: 1, 3 or 5 (an odd number keeps a quorum).", minimum=1, maximum=5),
+    Field("etcd.storageSize", str, "1Gi", "Data claim per etcd member.", pattern=_QUANTITY, pattern_doc="a Kubernetes quantity like 1Gi"),
+    Field("etcd.storageClass", str, "", "StorageClass of the etcd data claims; empty uses the cluster default."),
     Field("monitoring.enabled", bool, True, "Create PodMonitors, the Grafana dashboard and alert rules."),
     Field("monitoring.prometheusRelease", str, "kube-prometheus-stack", "Value of the `release` label kube-prometheus-stack selects monitors on."),
     Field("monitoring.namespace", str, "monitoring", "Namespace where Prometheus and Grafana run (for network policies and the dashboard).",
@@ -143,11 +154,20 @@ class ModelCacheConfig:
 @dataclass(frozen=True)
 class NatsConfig:
     enabled: bool
+    chart_version: str = "2.14.2"
+    replicas: int = 1
+    storage_size: str = "10Gi"
+    storage_class: str = ""
 
 
 @dataclass(frozen=True)
 class EtcdConfig:
     enabled: bool
+    chart_version: str = "12.0.18"
+    image_tag: str = "3.5.18-debian-12-r5"
+    replicas: int = 1
+    storage_size: str = "1Gi"
+    storage_class: str = ""
 
 
 @dataclass(frozen=True)
@@ -257,6 +277,11 @@ def parse(raw: dict[str, Any], hf_token: Optional[pulumi.Output] = None) -> Stac
         raise ConfigError(f"modelCache.hostPath: {v['modelCache.hostPath']!r} is not absolute; allowed: an absolute node path or empty")
     if v["discovery"] == "etcd" and not v["etcd.enabled"]:
         raise ConfigError("discovery: 'etcd' needs etcd; allowed: set etcd.enabled=true, or discovery=kubernetes")
+    if v["etcd.enabled"] and v["discovery"] != "etcd":
+        # Dynamo uses etcd only for discovery: an etcd nobody reads is cost without use.
+        raise ConfigError("etcd.enabled: etcd is only used for discovery; allowed: set discovery=etcd too, or etcd.enabled=false")
+    if v["etcd.replicas"] % 2 == 0:
+        raise ConfigError(f"etcd.replicas: {v['etcd.replicas']} is even (it survives no more failures than one member fewer); allowed values: 1, 3, 5")
     if v["workers.nodeCount"] > 1 and v["modelCache.enabled"] and not v["modelCache.hostPath"] \
             and v["modelCache.accessMode"] != "ReadWriteMany":
         raise ConfigError("modelCache.accessMode: a worker spanning several nodes needs a shared cache; "
@@ -283,8 +308,9 @@ def parse(raw: dict[str, Any], hf_token: Optional[pulumi.Output] = None) -> Stac
         hf_token=hf_token,
         hf_token_secret_name=v["hfTokenSecretName"],
         discovery=v["discovery"],
-        nats=NatsConfig(v["nats.enabled"]),
-        etcd=EtcdConfig(v["etcd.enabled"]),
+        nats=NatsConfig(v["nats.enabled"], v["nats.chartVersion"], v["nats.replicas"], v["nats.storageSize"], v["nats.storageClass"]),
+        etcd=EtcdConfig(v["etcd.enabled"], v["etcd.chartVersion"], v["etcd.imageTag"], v["etcd.replicas"],
+                        v["etcd.storageSize"], v["etcd.storageClass"]),
         monitoring=MonitoringConfig(v["monitoring.enabled"], v["monitoring.prometheusRelease"], v["monitoring.namespace"]),
     )
 
