@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from stacks.config import FIELDS, ConfigError, parse
-from tests.conftest import REPO
+from conftest import REPO
 
 
 def test_defaults_reproduce_the_lab():

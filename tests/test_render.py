@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from components.graph import KV_EVENTS_CONFIG
-from tests import schemas
-from tests.conftest import REPO, objects_of, one, rendered
+import schemas
+from conftest import REPO, objects_of, one, rendered
 
 STACKS = ["dev", "multinode"]
 VARIANTS = [
