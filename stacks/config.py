@@ -86,6 +86,16 @@ FIELDS: tuple[Field, ...] = (
     Field("monitoring.prometheusRelease", str, "kube-prometheus-stack", "Value of the `release` label kube-prometheus-stack selects monitors on."),
     Field("monitoring.namespace", str, "monitoring", "Namespace where Prometheus and Grafana run (for network policies and the dashboard).",
           pattern=_DNS_LABEL, pattern_doc=_DNS_LABEL_DOC),
+    Field("monitoring.platformMonitors", bool, False,
+          "True when Dynamo's platform chart PodMonitors scrape the graph (then none are rendered here); "
+          "false expects them off: dynamo-operator.dynamo.metrics.podMonitors.enabled=false."),
+    Field("monitoring.alerts.errorRatioPercent", int, 5, "Alert when more than this percent of frontend requests fail (5 minutes).",
+          minimum=1, maximum=100),
+    Field("monitoring.alerts.ttftP90Ms", int, 2000, "Time-to-first-token SLO: alert when p90 stays above it for 10 minutes.", minimum=1),
+    Field("monitoring.alerts.queuedRequests", int, 10, "Alert when more requests than this wait for a worker for 5 minutes.", minimum=1),
+    Field("monitoring.alerts.kvCacheHitDropPercent", int, 50,
+          "Alert when the share of prompt tokens served from the KV cache drops by this percent against the previous 6 hours.",
+          minimum=1, maximum=100),
 )
 FIELDS_BY_KEY = {f.key: f for f in FIELDS}
 SECTIONS = sorted({f.key.split(".")[0] for f in FIELDS})
@@ -171,10 +181,21 @@ class EtcdConfig:
 
 
 @dataclass(frozen=True)
+class MonitoringAlertsConfig:
+    """Alert thresholds; field names match components.monitoring.AlertThresholds."""
+    error_ratio_percent: int = 5
+    ttft_p90_ms: int = 2000
+    queued_requests: int = 10
+    kv_cache_hit_drop_percent: int = 50
+
+
+@dataclass(frozen=True)
 class MonitoringConfig:
     enabled: bool
     prometheus_release: str
     namespace: str
+    platform_monitors: bool = False
+    alerts: MonitoringAlertsConfig = MonitoringAlertsConfig()
 
 
 @dataclass(frozen=True)
@@ -311,7 +332,12 @@ def parse(raw: dict[str, Any], hf_token: Optional[pulumi.Output] = None) -> Stac
         nats=NatsConfig(v["nats.enabled"], v["nats.chartVersion"], v["nats.replicas"], v["nats.storageSize"], v["nats.storageClass"]),
         etcd=EtcdConfig(v["etcd.enabled"], v["etcd.chartVersion"], v["etcd.imageTag"], v["etcd.replicas"],
                         v["etcd.storageSize"], v["etcd.storageClass"]),
-        monitoring=MonitoringConfig(v["monitoring.enabled"], v["monitoring.prometheusRelease"], v["monitoring.namespace"]),
+        monitoring=MonitoringConfig(v["monitoring.enabled"], v["monitoring.prometheusRelease"], v["monitoring.namespace"],
+                                    platform_monitors=v["monitoring.platformMonitors"], alerts=MonitoringAlertsConfig(
+                                        error_ratio_percent=v["monitoring.alerts.errorRatioPercent"],
+                                        ttft_p90_ms=v["monitoring.alerts.ttftP90Ms"],
+                                        queued_requests=v["monitoring.alerts.queuedRequests"],
+                                        kv_cache_hit_drop_percent=v["monitoring.alerts.kvCacheHitDropPercent"])),
     )
 
 
