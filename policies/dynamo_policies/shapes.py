@@ -115,20 +115,48 @@ def to_count(value: Any) -> int | None:
 
 @dataclass(frozen=True)
 class Component:
-    """One component of a graph, the same for both API versions."""
+    """One component of a graph, the same for both API versions.
+
+    Replicas, node count and GPUs are read only when a policy asks for them: a value that is
+    unknown during preview then stops only the policies that need it.
+    """
 
     name: str
     type: str
-    replicas: int
-    node_count: int
-    gpu_limit: Any
-    """The declared GPU limit per pod as written (None when not declared)."""
-    gpu_request: Any
+    raw: Mapping
+    """The v1beta1 component or v1alpha1 service as written."""
+    alpha: bool
     containers: list = field(default_factory=list)
     """Every container of the pod; the main (engine) container first."""
     env: list = field(default_factory=list)
     """Env entries the main container gets: graph-wide, component, then container env."""
     volumes: list = field(default_factory=list)
+
+    @property
+    def replicas(self) -> int:
+        return _replicas(self.raw.get("replicas"))
+
+    @property
+    def node_count(self) -> int:
+        return _node_count(self.raw.get("multinode"))
+
+    def _gpu(self, section: str) -> Any:
+        # v1alpha1 declares GPUs on the service (`resources.<section>.gpu`); a GPU limit set
+        # directly on a container counts too, as the pod would get it either way.
+        if self.alpha:
+            value = dig(self.raw, "resources", section, "gpu")
+            if value is not None:
+                return value
+        return _container_gpus(self.containers, section)
+
+    @property
+    def gpu_limit(self) -> Any:
+        """The declared GPU limit per pod as written (None when not declared)."""
+        return self._gpu("limits")
+
+    @property
+    def gpu_request(self) -> Any:
+        return self._gpu("requests")
 
     @property
     def is_worker(self) -> bool:
@@ -231,10 +259,8 @@ def _beta_components(spec: Mapping) -> list[Component]:
         result.append(Component(
             name=str(raw.get("name", "")),
             type=str(raw.get("type", "")),
-            replicas=_replicas(raw.get("replicas")),
-            node_count=_node_count(raw.get("multinode")),
-            gpu_limit=_container_gpus(containers, "limits"),
-            gpu_request=_container_gpus(containers, "requests"),
+            raw=raw,
+            alpha=False,
             containers=containers,
             env=graph_env + list(as_list(main.get("env"))),
             volumes=list(as_list(pod_spec.get("volumes"))),
@@ -250,21 +276,11 @@ def _alpha_components(spec: Mapping) -> list[Component]:
         pod_spec = as_map(raw.get("extraPodSpec"))
         main = as_map(pod_spec.get("mainContainer"))
         containers = [main] + pod_containers(pod_spec) if main else pod_containers(pod_spec)
-        # v1alpha1 declares GPUs on the service (`resources.limits.gpu`); a GPU limit set
-        # directly on the main container counts too, as the pod would get it either way.
-        limit = dig(raw, "resources", "limits", "gpu")
-        if limit is None:
-            limit = _container_gpus(containers, "limits")
-        request = dig(raw, "resources", "requests", "gpu")
-        if request is None:
-            request = _container_gpus(containers, "requests")
         result.append(Component(
             name=str(name),
             type=str(raw.get("componentType", "")),
-            replicas=_replicas(raw.get("replicas")),
-            node_count=_node_count(raw.get("multinode")),
-            gpu_limit=limit,
-            gpu_request=request,
+            raw=raw,
+            alpha=True,
             containers=containers,
             env=graph_env + list(as_list(raw.get("envs"))) + list(as_list(main.get("env"))),
             volumes=list(as_list(pod_spec.get("volumes"))),
