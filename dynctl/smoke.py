@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
 
 from dynctl.traffic import LAB_PROMPT, Target, describe_error, get_json, stream_chat
@@ -41,22 +40,22 @@ def resolve_target(stack: str) -> tuple[str, str | None, str]:
 
     r = render_stack(stack, [])
     url = _first_output(r.outputs, ("frontendUrl", "frontend_url", "url", "endpoint"))
-    model = _first_output(r.outputs, ("model", "modelName", "model_name")) or r.config.model.name
+    model = _first_output(r.outputs, ("model",)) or r.config.model_name
     if not url:
         raise RuntimeError(f"stack {stack!r} has no running twin and its outputs name no frontend URL")
+    if "<" in url:
+        # e.g. http://<node-ip>:30200: only the cluster knows the address.
+        raise RuntimeError(f"stack {stack!r} has no running twin and its frontendUrl is a template ({url}); "
+                           "run smoke --url with the real address (or `dynctl health --stack` via the API server)")
     return url, model, f"outputs of stack {stack}"
 
 
 def _frontend_alive(state: dict) -> bool:
-    """The twin's state file can outlive its processes; check the frontend pid."""
-    for p in state.get("processes", []):
-        if p.get("role") == "frontend":
-            try:
-                os.kill(int(p["pid"]), 0)
-                return True
-            except (OSError, ValueError, KeyError):
-                return False
-    return False
+    """The twin's state file outlives its processes; is its frontend still the process it started?"""
+    from dynctl.twin_process import running
+
+    return any(running(int(p["pid"]), p.get("started", "")) for p in state.get("processes", [])
+               if p.get("role") == "frontend")
 
 
 def _first_output(outputs: dict, names: tuple[str, ...]) -> str | None:

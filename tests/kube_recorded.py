@@ -10,7 +10,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
@@ -23,7 +23,7 @@ def fixture(name: str) -> dict:
 
 
 class RecordedKubeAPI:
-    """routes: path -> (status, body dict or text). Unknown paths get a Kubernetes 404 Status."""
+    """routes: path or path?query -> (status, body dict or text). Unknown paths get a Kubernetes 404 Status."""
 
     def __init__(self, routes: dict[str, tuple[int, object]]):
         self.routes = routes
@@ -36,7 +36,8 @@ class RecordedKubeAPI:
                 if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                     return self._send(401, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
                                             "message": "Unauthorized", "reason": "Unauthorized", "code": 401})
-                status, body = api.routes.get(urlsplit(self.path).path, (404, None))
+                # A route may name its query (pod lists differ only by labelSelector).
+                status, body = api.routes.get(unquote(self.path), api.routes.get(urlsplit(self.path).path, (404, None)))
                 if body is None:
                     body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
                             "message": f"the server could not find the requested resource", "code": 404}
