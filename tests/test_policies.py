@@ -11,12 +11,17 @@ from __future__ import annotations
 import ast
 import copy
 import json
+import select
+import subprocess
+import sys
 from pathlib import Path
 
+import grpc
 import pytest
 import yaml
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import empty_pb2, json_format, struct_pb2
 from pulumi.runtime import proto
+from pulumi.runtime.proto import analyzer_pb2_grpc
 from pulumi_policy import EnforcementLevel
 from pulumi_policy.policy import _PolicyAnalyzerServicer
 from pulumi_policy.proxy import UNKNOWN_NUMBER_VALUE, UNKNOWN_STRING_VALUE
@@ -63,15 +68,25 @@ def _struct(props: dict) -> struct_pb2.Struct:
     return json_format.ParseDict(props, struct_pb2.Struct())
 
 
-def analyze_served(subjects: list[runner.Subject], config: dict) -> list[tuple[str, str, str, str]]:
+class InProcess:
+    """pulumi-policy's analyzer service called directly, as its gRPC server would."""
+
+    def __init__(self):
+        self.servicer = _PolicyAnalyzerServicer(PACK_NAME, "0.1.0", POLICIES, EnforcementLevel.ADVISORY)
+
+    def __getattr__(self, method):
+        return lambda request: getattr(self.servicer, method)(request, None)
+
+
+def analyze_served(subjects: list[runner.Subject], config: dict, service=None) -> list[tuple[str, str, str, str]]:
     """Run the pack through pulumi-policy's analyzer service, as `pulumi preview` drives it.
 
     The CLI sends every policy's resolved enforcement level and config (Configure), then one
     Analyze per resource and one AnalyzeStack. Returns (policy, level, urn, message) for every
-    diagnostic.
+    diagnostic. `service` is the in-process servicer or a gRPC stub to the running pack.
     """
-    servicer = _PolicyAnalyzerServicer(PACK_NAME, "0.1.0", POLICIES, EnforcementLevel.ADVISORY)
-    servicer.ConfigureStack(proto.AnalyzerStackConfigureRequest(), None)
+    service = service or InProcess()
+    service.ConfigureStack(proto.AnalyzerStackConfigureRequest())
     request = proto.ConfigureAnalyzerRequest()
     for policy in POLICIES:
         level = runner.enforcement_level(policy, config).value
@@ -80,19 +95,53 @@ def analyze_served(subjects: list[runner.Subject], config: dict) -> list[tuple[s
         props = runner.policy_properties(policy, config)
         if props:
             entry.properties.update(props)
-    servicer.Configure(request, None)
+    service.Configure(request)
     diagnostics = []
     for s in subjects:
-        response = servicer.Analyze(proto.AnalyzeRequest(
-            type=s.type, properties=_struct(s.props), urn=s.urn, name=s.name), None)
+        response = service.Analyze(proto.AnalyzeRequest(
+            type=s.type, properties=_struct(s.props), urn=s.urn, name=s.name))
         diagnostics += [(d.policyName, PROTO_TO_LEVEL[d.enforcementLevel], s.urn, d.message)
                         for d in response.diagnostics]
-    response = servicer.AnalyzeStack(proto.AnalyzeStackRequest(resources=[
+    response = service.AnalyzeStack(proto.AnalyzeStackRequest(resources=[
         proto.AnalyzerResource(type=s.type, properties=_struct(s.props), urn=s.urn, name=s.name)
-        for s in subjects]), None)
+        for s in subjects]))
     diagnostics += [(d.policyName, PROTO_TO_LEVEL[d.enforcementLevel], d.urn, d.message)
                     for d in response.diagnostics]
     return diagnostics
+
+
+class Stub:
+    """The running pack over gRPC, every call bounded."""
+
+    def __init__(self, channel):
+        self.stub = analyzer_pb2_grpc.AnalyzerStub(channel)
+
+    def __getattr__(self, method):
+        return lambda request: getattr(self.stub, method)(request, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def running_pack():
+    """`policies/__main__.py` started the way the Pulumi CLI starts it: it prints its port and serves."""
+    process = subprocess.Popen([sys.executable, "-u", "__main__.py"], cwd=REPO / "policies",
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    channel = None
+    try:
+        ready, _, _ = select.select([process.stdout], [], [], 60)
+        assert ready, "the policy pack printed no port within 60 s"
+        port = int(process.stdout.readline())
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        grpc.channel_ready_future(channel).result(timeout=30)
+        yield Stub(channel)
+    finally:
+        if channel is not None:
+            channel.close()
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 def stack_subjects(result) -> list[runner.Subject]:
@@ -512,3 +561,28 @@ def test_policies_are_unique_and_documented():
     for policy in POLICIES:
         if policy.name in policy_settings.DEFAULTS:
             assert set(policy.config_schema.properties) == set(policy_settings.DEFAULTS[policy.name])
+
+
+# ---------------------------------------------------------------- the pack as the CLI runs it
+
+def test_the_running_pack_describes_its_policies(running_pack):
+    info = running_pack.GetAnalyzerInfo(empty_pb2.Empty())
+    assert info.name == PACK_NAME
+    described = {p.name: p for p in info.policies}
+    assert set(described) == {p.name for p in POLICIES}
+    assert {n for n, p in described.items() if p.enforcementLevel == proto.MANDATORY} == set(MANDATORY)
+    budget = json_format.MessageToDict(described["stack-gpu-budget"].configSchema.properties)
+    assert budget["maxGpus"]["type"] == "integer" and budget["maxGpus"]["default"] == 8
+
+
+@pytest.mark.parametrize("stack", ["dev", "multinode"])
+def test_the_running_pack_passes_the_shipped_stacks(running_pack, stack):
+    config = runner.load_policy_config(REPO / "policies" / "config" / f"{stack}.json")
+    served = analyze_served(stack_subjects(rendered(stack)), config, running_pack)
+    assert {p for p, level, _, _ in served if level == "mandatory"} == set()
+
+
+def test_the_running_pack_blocks_a_stack_over_budget(running_pack):
+    config = runner.load_policy_config(REPO / "policies" / "config" / "dev.json")
+    served = analyze_served(stack_subjects(rendered("dev", "workers.replicas=3")), config, running_pack)
+    assert [(p, level) for p, level, _, _ in served if level == "mandatory"] == [("stack-gpu-budget", "mandatory")]
