@@ -106,6 +106,12 @@ class MonitoringArgs(TypedDict):
     """etcd pods to scrape, or None when the stack runs no etcd."""
 
 
+def coordination_targets(namespace: str, peers: list[dict]) -> dict[str, ScrapeTarget]:
+    """MonitoringArgs' `nats`/`etcd` from the Coordination component's peers (its pods run in `namespace`)."""
+    return {p["name"]: ScrapeTarget(namespace=namespace, pod_labels=dict(p["pod_labels"]))
+            for p in peers if p["name"] in ("nats", "etcd")}
+
+
 # ---------------------------------------------------------------- naming and selection
 
 def monitor_name(args: MonitoringArgs, target: str) -> str:
