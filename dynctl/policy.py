@@ -238,9 +238,15 @@ def subjects_from_stack(stack: str, overrides: list[str]) -> list[Subject]:
     """Render the stack in-process and take the inputs of every resource it registers."""
     from dynctl.render import render_stack  # imported late: rendering pulls in the program
 
-    result = render_stack(stack, overrides)
-    # Inputs are recorded in Pulumi's wire format; unwrap secrets exactly as the pack's gRPC
-    # server does (unknown values stay as their sentinels for the unknown-checking proxy).
+    return subjects_from_rendered(render_stack(stack, overrides))
+
+
+def subjects_from_rendered(result: Any) -> list[Subject]:
+    """The resources of a `render_stack` result as the engine would send them to the pack.
+
+    Inputs are recorded in Pulumi's wire format; secrets are unwrapped exactly as the pack's
+    gRPC server does, unknown values stay as their sentinels for the unknown-checking proxy.
+    """
     return [Subject(r.type, r.name, r.urn, deserialize_properties(dict(r.inputs or {})))
             for r in result.resources]
 
