@@ -327,6 +327,10 @@ ALERT_CASES = [
                (f'dynamo_frontend_time_to_first_token_seconds_bucket{{{F},le="+Inf"}}', "0+10x30")], "25m", []),
     AlertCase("model-not-ready", "DynamoModelNotServed", {},
               [(f'dynamo_frontend_model_ready{{{F},model="tiny"}}', "0x20")], "15m", [{**LABELS, "model": "tiny"}]),
+    # All workers stopped gracefully: the frontend drops the model's series instead of reporting 0.
+    AlertCase("model-gone", "DynamoModelNotServed", {},
+              [(f'dynamo_frontend_model_ready{{{F},model="tiny"}}', "1x5")], "25m",
+              [{**LABELS, "job": "llm/vllm-agg-frontend"}]),
     AlertCase("model-ready", "DynamoModelNotServed", {},
               [(f'dynamo_frontend_model_ready{{{F},model="tiny"}}', "1x20")], "15m", []),
     AlertCase("engines-queueing", "DynamoRequestsQueueing", {"queued_requests": 5},
