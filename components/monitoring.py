@@ -168,6 +168,11 @@ def pod_monitors(args: MonitoringArgs) -> list[dict]:
 
     monitors = []
     for target, pod_namespace, labels, port in wanted:
+        endpoint: dict[str, Any] = {"port": port, "path": "/metrics", "interval": SCRAPE_INTERVAL}
+        if target == "frontend":
+            # dynamo_frontend_requests_total carries its own `endpoint` label (chat_completions, ...);
+            # without this Prometheus would rename it exported_endpoint and overwrite it with the port name.
+            endpoint["honorLabels"] = True
         monitors.append({
             "apiVersion": MONITORING_API,
             "kind": "PodMonitor",
@@ -175,7 +180,7 @@ def pod_monitors(args: MonitoringArgs) -> list[dict]:
             "spec": {
                 "selector": {"matchLabels": labels},
                 "namespaceSelector": {"matchNames": [pod_namespace]},
-                "podMetricsEndpoints": [{"port": port, "path": "/metrics", "interval": SCRAPE_INTERVAL}],
+                "podMetricsEndpoints": [endpoint],
             },
         })
     return monitors

@@ -223,6 +223,17 @@ def test_renders_monitors_rule_and_dashboard(case):
     assert set(component.pod_monitors) == {f"llm/{n}" for n in c.monitors}
 
 
+def test_monitors_keep_dynamo_labels_that_clash_with_target_labels(case):
+    # A scraped label named like a target label (the frontend's `endpoint`) is renamed exported_<name>
+    # unless the endpoint honours labels.
+    _, objects, _ = case
+    for monitor in kinds(objects, "PodMonitor"):
+        target = monitor["metadata"]["name"].rsplit("-", 1)[1]
+        clashes = set().union(*EXPORTED[target].values()) & TARGET_LABELS
+        for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+            assert endpoint.get("honorLabels", False) == bool(clashes), (target, clashes)
+
+
 def test_objects_validate_against_the_crds(case):
     _, objects, _ = case
     for obj in objects:
