@@ -267,6 +267,11 @@ def test_a_graph_without_a_podmonitor_is_reported(version):
         ("graph-has-podmonitor", "advisory", "DynamoGraphDeployment dynamo/llm")]
 
 
+def test_podmonitors_provided_by_the_platform_can_be_declared():
+    objects = [o for o in passing("v1beta1") if o["kind"] != "PodMonitor"]
+    assert findings_for(objects, {"graph-has-podmonitor": {"providedOutsideStack": True}}) == []
+
+
 def test_a_podmonitor_for_another_graph_or_for_nats_does_not_count():
     objects = passing("v1beta1")
     monitor = next(o for o in objects if o["kind"] == "PodMonitor")
@@ -357,6 +362,17 @@ def test_an_hf_token_value_is_caught_under_any_name_and_valuefrom_is_fine():
     assert mandatory(findings_for(objects, FIXTURE_CONFIG)) == {"no-literal-tokens"}
     # The passing set already carries HF_TOKEN through valueFrom.secretKeyRef.
     assert any(e.get("valueFrom") for e in main_container(worker)["env"] if e["name"] == "HF_TOKEN")
+
+
+def test_the_cli_never_prints_a_token_it_found(tmp_path, capsys):
+    token = "hf_" + "Z9" * 20
+    objects = passing("v1beta1")
+    set_env(components(graph_of(objects))["VllmWorker"], "HF_TOKEN", token)
+    (tmp_path / "set.yaml").write_text(yaml.safe_dump_all(objects))
+    assert dynctl_main(["policy", "--manifests", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert "env HF_TOKEN holds a literal value" in out
+    assert token not in out + err
 
 
 def test_tokens_in_a_configmap_are_reported():

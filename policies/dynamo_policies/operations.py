@@ -77,6 +77,9 @@ def _selects_graph(monitor: Mapping, graph: str, namespace: str | None) -> bool:
 
 
 def graph_has_podmonitor(args: StackValidationArgs, report: ReportViolation) -> None:
+    # The platform chart's own PodMonitors (monitoring.platformMonitors) scrape every graph.
+    if cfg.settings(args, "graph-has-podmonitor")["providedOutsideStack"]:
+        return
     monitors = [r.props for r in args.resources
                 if kubernetes_kind(r.resource_type) == ("monitoring.coreos.com", "PodMonitor")]
     for r in args.resources:
@@ -173,6 +176,7 @@ POLICIES = [
         description="Every graph has a PodMonitor selecting its pods.",
         validate=graph_has_podmonitor,
         enforcement_level=EnforcementLevel.ADVISORY,
+        config_schema=cfg.schema("graph-has-podmonitor"),
     ),
     ResourceValidationPolicy(
         name="model-cache-hostpath-prefix",

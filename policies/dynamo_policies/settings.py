@@ -36,6 +36,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "etcd-discovery-needs-etcd": {"providedOutsideStack": False},
     "nats-planes-need-nats": {"providedOutsideStack": False},
     "kv-routing-frontend-replicas": {"maxKvFrontendReplicas": 5},
+    "graph-has-podmonitor": {"providedOutsideStack": False},
     "model-cache-hostpath-prefix": {"allowedPrefixes": DEFAULT_HOSTPATH_PREFIXES},
 }
 
@@ -44,8 +45,8 @@ _DESCRIPTIONS = {
     "maxGpus": "GPUs this stack may use in total (replicas x GPUs per pod x nodes, all graphs).",
     "allowedImagePrefixes": "Image name prefixes (registry/repository) allowed; Docker Hub "
                             "names are matched in full form, e.g. docker.io/library/nats.",
-    "providedOutsideStack": "True when the service is installed outside this stack "
-                            "(e.g. by the dynamo-platform chart), so the graph may rely on it.",
+    "providedOutsideStack": "True when it is installed outside this stack (e.g. by the "
+                            "dynamo-platform chart), so the graph may rely on it.",
     "maxKvFrontendReplicas": "Most frontend replicas to run with KV-aware routing.",
     "allowedPrefixes": "Host directories a hostPath model cache may use.",
 }
