@@ -47,8 +47,8 @@ CONFIG_DIR = REPO / "policies" / "config"
 PACK_DEFAULT_LEVEL = EnforcementLevel.ADVISORY
 
 
-class PolicyConfigError(ValueError):
-    """The policy config file names an unknown policy or sets an invalid value."""
+class UsageError(ValueError):
+    """What to check or how: a bad policy config, stack config, --set or directory (exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -84,9 +84,9 @@ def load_policy_config(path: Path | None) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise PolicyConfigError(f"cannot read policy config {path}: {e}") from e
+        raise UsageError(f"cannot read policy config {path}: {e}") from e
     if not isinstance(data, dict):
-        raise PolicyConfigError(f"{path}: expected a JSON object keyed by policy name")
+        raise UsageError(f"{path}: expected a JSON object keyed by policy name")
     check_policy_config(data)
     return data
 
@@ -100,14 +100,14 @@ def check_policy_config(config: dict[str, Any], policies: list[Policy] = POLICIE
     levels = [level.value for level in EnforcementLevel]
     for name, value in config.items():
         if name != "all" and name not in by_name:
-            raise PolicyConfigError(f"policy config names unknown policy {name!r}; "
+            raise UsageError(f"policy config names unknown policy {name!r}; "
                                     f"known: {', '.join(sorted(by_name))}")
         if isinstance(value, str):
             if value not in levels:
-                raise PolicyConfigError(f"{name}: enforcement level {value!r} is not one of {levels}")
+                raise UsageError(f"{name}: enforcement level {value!r} is not one of {levels}")
             continue
         if name == "all" or not isinstance(value, dict):
-            raise PolicyConfigError(f"{name}: expected an enforcement level or an object")
+            raise UsageError(f"{name}: expected an enforcement level or an object")
         schema_props = dict(by_name[name].config_schema.properties) if by_name[name].config_schema else {}
         schema = {
             "type": "object",
@@ -117,7 +117,7 @@ def check_policy_config(config: dict[str, Any], policies: list[Policy] = POLICIE
         try:
             jsonschema.validate(value, schema)
         except jsonschema.ValidationError as e:
-            raise PolicyConfigError(f"{name}: {e.message}") from e
+            raise UsageError(f"{name}: {e.message}") from e
 
 
 def enforcement_level(policy: Policy, config: dict[str, Any]) -> EnforcementLevel:
@@ -219,13 +219,13 @@ def load_manifests(directory: Path) -> list[dict]:
     """Every YAML document under the directory (recursively), in path order."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise PolicyConfigError(f"{directory} is not a directory")
+        raise UsageError(f"{directory} is not a directory")
     objects: list[dict] = []
     for path in sorted([*directory.rglob("*.yaml"), *directory.rglob("*.yml")]):
         try:
             docs = list(yaml.safe_load_all(path.read_text()))
         except yaml.YAMLError as e:
-            raise PolicyConfigError(f"{path}: not valid YAML: {e}") from e
+            raise UsageError(f"{path}: not valid YAML: {e}") from e
         for doc in docs:
             if isinstance(doc, dict) and doc.get("kind") == "List":
                 objects.extend(i for i in doc.get("items") or [] if isinstance(i, dict))
@@ -236,9 +236,12 @@ def load_manifests(directory: Path) -> list[dict]:
 
 def subjects_from_stack(stack: str, overrides: list[str]) -> list[Subject]:
     """Render the stack in-process and take the inputs of every resource it registers."""
-    from dynctl.render import render_stack  # imported late: rendering pulls in the program
+    from dynctl.render import ConfigError, render_stack  # late: rendering pulls in the program
 
-    return subjects_from_rendered(render_stack(stack, overrides))
+    try:
+        return subjects_from_rendered(render_stack(stack, overrides))
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
 
 
 def subjects_from_rendered(result: Any) -> list[Subject]:
@@ -296,12 +299,9 @@ def run(args: argparse.Namespace) -> int:
             subjects = subjects_from_stack(args.stack, args.overrides)
         else:
             if args.overrides:
-                raise PolicyConfigError("--set only applies to --stack")
+                raise UsageError("--set only applies to --stack")
             subjects = subjects_from_objects(load_manifests(args.manifests))
-    except PolicyConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:  # the stack's ConfigError: a bad --set or stack config
+    except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     findings = run_policies(subjects, config)

@@ -122,8 +122,11 @@ class Stub:
 
 @pytest.fixture(scope="module")
 def running_pack():
-    """`policies/__main__.py` started the way the Pulumi CLI starts it: it prints its port and serves."""
-    process = subprocess.Popen([sys.executable, "-u", "__main__.py"], cwd=REPO / "policies",
+    """The pack started the way the Pulumi CLI starts it: it prints its port and serves."""
+    # The CLI's command line for a Python pack: pulumi.policy runs the pack directory's
+    # __main__.py (engine address unused here: the pack only serves).
+    process = subprocess.Popen([sys.executable, "-u", "-m", "pulumi.policy", "127.0.0.1:0",
+                                str(REPO / "policies")], cwd=REPO / "policies",
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     channel = None
     try:
