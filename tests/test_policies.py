@@ -387,7 +387,6 @@ def test_tokens_in_a_configmap_are_reported():
 
 def test_etcd_and_nats_count_as_installed_in_every_form():
     graph = graph_of(passing("v1beta1"))  # etcd discovery + NATS_SERVER
-    release = {"apiVersion": "helm.sh/v3", "kind": "Release"}  # placeholder, replaced below
     forms = {
         "pulumi helm release": [
             runner.Subject("kubernetes:helm.sh/v3:Release", "llm-etcd", "urn:e",
@@ -408,7 +407,6 @@ def test_etcd_and_nats_count_as_installed_in_every_form():
             {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "dynamo-etcd"}},
             {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "nats"}}]),
     }
-    del release
     graph_subject = runner.subjects_from_objects([graph])
     only_graph = runner.run_policies(graph_subject, {})
     assert {"etcd-discovery-needs-etcd", "nats-planes-need-nats"} <= mandatory(only_graph)
@@ -556,11 +554,21 @@ def test_rendered_dev_stack_on_both_api_versions(api, sets, expected):
     assert found - {("graph-has-podmonitor", "advisory")} == expected
 
 
+MULTINODE_CASES = [
+    ((), set()),
+    # One worker spanning 2 nodes x 2 GPUs (tensor parallel 4), twice: 8 GPUs, within 12.
+    (("workers.nodeCount=2", "workers.gpus=2", "workers.replicas=2"), set()),
+    (("workers.nodeCount=2", "workers.gpus=2", "workers.replicas=4"), {"stack-gpu-budget"}),
+    (("workers.replicas=13",), {"stack-gpu-budget"}),
+]
+
+
 @pytest.mark.parametrize("api", API_RELEASES)
-def test_rendered_multinode_stack_passes_on_both_api_versions(api):
+@pytest.mark.parametrize("sets,expected", MULTINODE_CASES, ids=[" ".join(c[0]) or "as-shipped" for c in MULTINODE_CASES])
+def test_rendered_multinode_stack_on_both_api_versions(api, sets, expected):
     config = runner.load_policy_config(REPO / "policies" / "config" / "multinode.json")
-    findings = runner.run_policies(runner.subjects_from_rendered(rendered("multinode", API_RELEASES[api])), config)
-    assert mandatory(findings) == set(), runner.format_table(findings)
+    findings = runner.run_policies(runner.subjects_from_rendered(rendered("multinode", API_RELEASES[api], *sets)), config)
+    assert mandatory(findings) == expected, runner.format_table(findings)
 
 
 def test_more_worker_gpus_than_the_dev_budget_fail_the_stack_check(capsys):
