@@ -7,6 +7,9 @@ authentication on. Both live in the graph's namespace because a Secret can only 
 from its own namespace: one Secret per service then serves both the chart (server side) and
 every Dynamo container (client side), and nothing is copied across namespaces.
 
+An existing etcd can be used instead (`external_etcd`): its URLs and a Secret the user created
+with its credentials, referenced the same way.
+
 Passwords come from pulumi-random, so they only exist as Pulumi secrets and inside Kubernetes
 Secrets. Chart values and Dynamo pod specs carry Secret *names* and keys, never the values.
 """
@@ -14,6 +17,7 @@ Secrets. Chart values and Dynamo pod specs carry Secret *names* and keys, never 
 from __future__ import annotations
 
 from typing import Any, NotRequired, Optional, TypedDict
+from urllib.parse import urlsplit
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -77,6 +81,15 @@ class EtcdArgs(TypedDict):
     """etcd members (1, or an odd number for a quorum)."""
 
 
+class ExternalEtcdArgs(TypedDict):
+    """An etcd that already runs elsewhere (not installed here)."""
+
+    endpoints: str
+    """Comma-separated client URLs, e.g. http://etcd.infra.svc:2379."""
+    credentials_secret: str
+    """Existing Secret in the graph's namespace with keys `username` and `password`."""
+
+
 class CoordinationArgs(TypedDict):
     """What the coordination services need."""
 
@@ -92,6 +105,8 @@ class CoordinationArgs(TypedDict):
     """Install NATS when set."""
     etcd: NotRequired[Optional[EtcdArgs]]
     """Install etcd when set."""
+    external_etcd: NotRequired[Optional[ExternalEtcdArgs]]
+    """Use this existing etcd for discovery instead of installing one."""
 
 
 class CoordinationPeer(TypedDict):
@@ -227,15 +242,20 @@ class Coordination(pulumi.ComponentResource):
     nats_url: Optional[str]
     """nats:// URL of the installed NATS, or None."""
     etcd_endpoints: Optional[str]
-    """http:// client URL of the installed etcd, or None."""
+    """Client URL(s) of the etcd the graph uses (installed or external), or None."""
+    external_ports: list[int]
+    """TCP ports of coordination services outside the cluster the graph must reach (external etcd)."""
 
     def __init__(self, name: str, args: CoordinationArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("dynamo:coordination:Coordination", name, None, opts)
         ns, graph = args["namespace"], args["graph_name"]
-        if args["discovery"] == "etcd" and args.get("etcd") is None:
-            raise ValueError("discovery 'etcd' needs etcd installed; allowed: set etcd, or discovery 'kubernetes'")
+        external = args.get("external_etcd")
+        if args.get("etcd") is not None and external is not None:
+            raise ValueError("etcd is both installed and external; allowed: one of etcd or external_etcd")
+        if args["discovery"] == "etcd" and args.get("etcd") is None and external is None:
+            raise ValueError("discovery 'etcd' needs etcd; allowed: set etcd or external_etcd, or discovery 'kubernetes'")
         labels = {LABEL_GRAPH: graph, "app.kubernetes.io/part-of": "dynamo"}
-        self.env, self.releases, self.peers = [], [], []
+        self.env, self.releases, self.peers, self.external_ports = [], [], [], []
         self.annotations = {DISCOVERY_ANNOTATION: args["discovery"]}
         self.nats_url = self.etcd_endpoints = None
 
@@ -282,6 +302,12 @@ class Coordination(pulumi.ComponentResource):
                 metrics_port=ETCD_METRICS_PORT,
                 peer_ports=[ETCD_CLIENT_PORT, ETCD_PEER_PORT] if etcd.get("replicas", 1) > 1 else []))
 
+        if external is not None:
+            self.etcd_endpoints = external["endpoints"]
+            self.external_ports = endpoint_ports(external["endpoints"])
+            if args["discovery"] == "etcd":
+                self.env += etcd_env(self.etcd_endpoints, external["credentials_secret"])
+
         self.register_outputs({
             "nats_url": self.nats_url,
             "etcd_endpoints": self.etcd_endpoints,
@@ -301,6 +327,12 @@ class Coordination(pulumi.ComponentResource):
             string_data={SECRET_USERNAME_KEY: username, SECRET_PASSWORD_KEY: password.result},
             opts=pulumi.ResourceOptions(parent=self),
         )
+
+
+def endpoint_ports(endpoints: str) -> list[int]:
+    """Ports of comma-separated URLs (etcd's default 2379 where none is given)."""
+    ports = {urlsplit(url.strip()).port or ETCD_CLIENT_PORT for url in endpoints.split(",") if url.strip()}
+    return sorted(ports)
 
 
 def _release_name(graph: str, service: str) -> str:

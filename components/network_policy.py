@@ -10,9 +10,9 @@ Flows allowed (everything else is dropped once a pod is selected):
   graph's own pods (workers connect back to its dynamic TCP response-stream port).
 - workers: any port from the graph's own pods (request-plane, KV-event and NIXL ports are
   dynamic); the system/metrics port 9090 from Prometheus.
-- egress of every graph pod: DNS, the graph's own pods, NATS/etcd client ports, the API
-  server (only with Kubernetes discovery, which watches it); workers also HTTPS (443) to
-  download models from Hugging Face.
+- egress of every graph pod: DNS, the graph's own pods, NATS/etcd client ports (an external
+  etcd's ports anywhere), the API server (only with Kubernetes discovery, which watches it);
+  workers also HTTPS (443) to download models from Hugging Face.
 - NATS / etcd servers: client port from the graph's pods, metrics port from Prometheus, their
   own peers on the cluster ports.
 """
@@ -51,6 +51,8 @@ class GraphNetworkPoliciesArgs(TypedDict):
     """Labels of the Prometheus server pods (kube-prometheus-stack: app.kubernetes.io/name=prometheus)."""
     peers: NotRequired[list[CoordinationPeer]]
     """NATS / etcd installed for the graph (Coordination.peers)."""
+    external_ports: NotRequired[list[int]]
+    """TCP ports of coordination services outside the cluster (Coordination.external_ports)."""
     api_server_cidrs: NotRequired[list[str]]
     """Where the API server is; default anywhere (narrow it to the control plane's addresses)."""
 
@@ -91,6 +93,10 @@ def policy_specs(args: GraphNetworkPoliciesArgs) -> dict[str, dict[str, Any]]:
     ]
     for peer in peers:
         egress.append({"to": [{"podSelector": {"matchLabels": peer["pod_labels"]}}], "ports": tcp(peer["client_port"])})
+    if args.get("external_ports"):
+        # An external etcd has no labels we know: its ports, at any address or in any namespace
+        # (some CNIs never match pod addresses with ipBlock).
+        egress.append({"to": ANYWHERE + [{"namespaceSelector": {}}], "ports": tcp(*args["external_ports"])})
     if args["discovery"] == "kubernetes":
         cidrs = args.get("api_server_cidrs")
         to = [{"ipBlock": {"cidr": c}} for c in cidrs] if cidrs else ANYWHERE

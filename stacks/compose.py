@@ -37,6 +37,8 @@ def deploy(cfg: StackConfig, *, spread_across_nodes: bool, disruption_budgets: b
                  "storage_size": cfg.nats.storage_size, "storage_class": cfg.nats.storage_class} if cfg.nats.enabled else None,
         "etcd": {"chart_version": cfg.etcd.chart_version, "image_tag": cfg.etcd.image_tag, "replicas": cfg.etcd.replicas,
                  "storage_size": cfg.etcd.storage_size, "storage_class": cfg.etcd.storage_class} if cfg.etcd.enabled else None,
+        "external_etcd": {"endpoints": cfg.etcd.endpoints,
+                          "credentials_secret": cfg.etcd.credentials_secret} if cfg.etcd.endpoints else None,
     })
 
     # The graph waits for NATS/etcd to be ready, so a first `pulumi up` converges in one run.
@@ -68,6 +70,7 @@ def deploy(cfg: StackConfig, *, spread_across_nodes: bool, disruption_budgets: b
         "discovery": cfg.discovery,
         "prometheus_namespace": cfg.monitoring.namespace if cfg.monitoring.enabled else None,
         "peers": coordination.peers,
+        "external_ports": coordination.external_ports,
     })
     if disruption_budgets:
         GraphDisruptionBudgets(f"{graph_name}-disruption", {

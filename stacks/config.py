@@ -82,6 +82,10 @@ FIELDS: tuple[Field, ...] = (
     Field("etcd.replicas", int, 1, "etcd members: 1, 3 or 5 (an odd number keeps a quorum).", minimum=1, maximum=5),
     Field("etcd.storageSize", str, "1Gi", "Data claim per etcd member.", pattern=_QUANTITY, pattern_doc="a Kubernetes quantity like 1Gi"),
     Field("etcd.storageClass", str, "", "StorageClass of the etcd data claims; empty uses the cluster default."),
+    Field("etcd.endpoints", str, "", "Client URLs (comma-separated) of an existing etcd to use instead of installing one.",
+          pattern=r"^https?://[^,\s]+(,https?://[^,\s]+)*$", pattern_doc="comma-separated http(s):// URLs"),
+    Field("etcd.credentialsSecret", str, "", "Secret in the graph's namespace (keys username, password) for etcd.endpoints.",
+          pattern=_DNS_LABEL, pattern_doc=_DNS_LABEL_DOC),
     Field("monitoring.enabled", bool, True, "Create PodMonitors, the Grafana dashboard and alert rules."),
     Field("monitoring.prometheusRelease", str, "kube-prometheus-stack", "Value of the `release` label kube-prometheus-stack selects monitors on."),
     Field("monitoring.namespace", str, "monitoring", "Namespace where Prometheus and Grafana run (for network policies and the dashboard).",
@@ -178,6 +182,9 @@ class EtcdConfig:
     replicas: int = 1
     storage_size: str = "1Gi"
     storage_class: str = ""
+    endpoints: str = ""
+    """An existing etcd (instead of installing one); empty when etcd.enabled or unused."""
+    credentials_secret: str = ""
 
 
 @dataclass(frozen=True)
@@ -296,8 +303,18 @@ def parse(raw: dict[str, Any], hf_token: Optional[pulumi.Output] = None) -> Stac
         raise ConfigError(f"dynamo.version: {version} is too old; allowed: a release from 0.8.0 on (default 1.6.1)")
     if v["modelCache.hostPath"] and not v["modelCache.hostPath"].startswith("/"):
         raise ConfigError(f"modelCache.hostPath: {v['modelCache.hostPath']!r} is not absolute; allowed: an absolute node path or empty")
-    if v["discovery"] == "etcd" and not v["etcd.enabled"]:
-        raise ConfigError("discovery: 'etcd' needs etcd; allowed: set etcd.enabled=true, or discovery=kubernetes")
+    if v["discovery"] == "etcd" and not (v["etcd.enabled"] or v["etcd.endpoints"]):
+        raise ConfigError("discovery: 'etcd' needs etcd; allowed: set etcd.enabled=true (or etcd.endpoints to an existing etcd), "
+                          "or discovery=kubernetes")
+    if v["etcd.endpoints"]:
+        if v["etcd.enabled"]:
+            raise ConfigError("etcd.endpoints: set together with etcd.enabled; allowed: an existing etcd's URLs with "
+                              "etcd.enabled=false, or empty")
+        if v["discovery"] != "etcd":
+            raise ConfigError("etcd.endpoints: etcd is only used for discovery; allowed: set discovery=etcd too, or empty")
+        if not v["etcd.credentialsSecret"]:
+            raise ConfigError("etcd.credentialsSecret: required with etcd.endpoints (Dynamo authenticates to etcd); "
+                              "allowed: the name of a Secret with keys username and password")
     if v["etcd.enabled"] and v["discovery"] != "etcd":
         # Dynamo uses etcd only for discovery: an etcd nobody reads is cost without use.
         raise ConfigError("etcd.enabled: etcd is only used for discovery; allowed: set discovery=etcd too, or etcd.enabled=false")
@@ -331,7 +348,7 @@ def parse(raw: dict[str, Any], hf_token: Optional[pulumi.Output] = None) -> Stac
         discovery=v["discovery"],
         nats=NatsConfig(v["nats.enabled"], v["nats.chartVersion"], v["nats.replicas"], v["nats.storageSize"], v["nats.storageClass"]),
         etcd=EtcdConfig(v["etcd.enabled"], v["etcd.chartVersion"], v["etcd.imageTag"], v["etcd.replicas"],
-                        v["etcd.storageSize"], v["etcd.storageClass"]),
+                        v["etcd.storageSize"], v["etcd.storageClass"], v["etcd.endpoints"], v["etcd.credentialsSecret"]),
         monitoring=MonitoringConfig(v["monitoring.enabled"], v["monitoring.prometheusRelease"], v["monitoring.namespace"],
                                     platform_monitors=v["monitoring.platformMonitors"], alerts=MonitoringAlertsConfig(
                                         error_ratio_percent=v["monitoring.alerts.errorRatioPercent"],

@@ -188,6 +188,17 @@ def test_etcd_discovery_without_etcd_is_refused():
         coordination(discovery="etcd", nats={})
 
 
+def test_an_external_etcd_is_used_by_reference_without_installing_anything():
+    rec = record(lambda: Coordination("c", {
+        "namespace": "ns", "graph_name": "g", "dynamo_version": "1.6.1", "discovery": "etcd",
+        "external_etcd": {"endpoints": "http://etcd.infra.svc:2379,http://etcd-b.infra:12379", "credentials_secret": "etcd-creds"}}))
+    assert rec.of_type(RELEASE) == [] and rec.of_type(SECRET) == []
+    env = {e["name"]: e for e in rec.built.env}
+    assert env["ETCD_ENDPOINTS"]["value"] == "http://etcd.infra.svc:2379,http://etcd-b.infra:12379"
+    assert env["ETCD_AUTH_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "etcd-creds", "key": "password"}
+    assert rec.built.external_ports == [2379, 12379] and rec.built.peers == []
+
+
 def test_release_names_must_fit_helm():
     with pytest.raises(ValueError, match="53"):
         coordination(nats={}, graph="g" * 50)
@@ -337,10 +348,27 @@ def test_nats_can_be_switched_on_in_dev_without_etcd():
     (("etcd.enabled=true",), "etcd.enabled"),
     (("etcd.replicas=2",), "etcd.replicas"),
     (("nats.replicas=9",), "nats.replicas"),
-], ids=["etcd discovery without etcd", "etcd nobody reads", "even etcd members", "too many nats servers"])
+    (("discovery=etcd", "etcd.endpoints=http://e:2379"), "etcd.credentialsSecret"),
+    (("discovery=etcd", "etcd.enabled=true", "etcd.endpoints=http://e:2379", "etcd.credentialsSecret=c"), "etcd.endpoints"),
+    (("etcd.endpoints=http://e:2379", "etcd.credentialsSecret=c"), "etcd.endpoints"),
+    (("discovery=etcd", "etcd.endpoints=etcd:2379", "etcd.credentialsSecret=c"), "etcd.endpoints"),
+], ids=["etcd discovery without etcd", "etcd nobody reads", "even etcd members", "too many nats servers",
+        "external etcd without credentials", "installed and external etcd", "external etcd nobody reads",
+        "endpoint without scheme"])
 def test_coordination_config_errors_name_the_key(sets, key):
     from dynctl.render import ConfigError, render_stack
 
     with pytest.raises(ConfigError) as error:
         render_stack("dev", list(sets))
     assert str(error.value).startswith(key + ":")
+
+
+def test_dev_can_use_an_existing_etcd_for_discovery():
+    result = rendered("dev", "discovery=etcd", "etcd.endpoints=http://etcd.infra.svc:2379", "etcd.credentialsSecret=etcd-creds")
+    assert objects_of(result, "HelmRelease") == [] and objects_of(result, "Secret") == []
+    graph = one(result, "DynamoGraphDeployment")
+    assert graph["metadata"]["annotations"]["nvidia.com/dynamo-discovery-backend"] == "etcd"
+    for component in graph["spec"]["components"]:
+        env = {e["name"]: e for e in component["podTemplate"]["spec"]["containers"][0]["env"]}
+        assert env["ETCD_ENDPOINTS"]["value"] == "http://etcd.infra.svc:2379"
+        assert env["ETCD_AUTH_USERNAME"]["valueFrom"]["secretKeyRef"]["name"] == "etcd-creds"

@@ -35,7 +35,7 @@ class External:
 
 
 Endpoint = Pod | External
-NAMESPACE_LABELS = {ns: {"kubernetes.io/metadata.name": ns} for ns in ("dynamo", "monitoring", "other", "kube-system")}
+NAMESPACE_LABELS = {ns: {"kubernetes.io/metadata.name": ns} for ns in ("dynamo", "monitoring", "other", "kube-system", "infra")}
 
 
 def pod(namespace: str, **labels: str) -> Pod:
@@ -290,3 +290,14 @@ def test_the_evaluator_denies_what_no_policy_opens():
     assert not allowed(deny, INTERNET, FRONTEND, 8000)
     assert not allowed(deny, FRONTEND, WORKER, 1234)
     assert allowed(deny, STRANGER, NEIGHBOUR, 80)
+
+
+def test_an_external_etcd_is_reachable_on_its_ports_only():
+    result = rendered("dev", "discovery=etcd", "etcd.endpoints=http://etcd.infra.svc:12379", "etcd.credentialsSecret=c")
+    policies = policies_of(result)
+    worker = graph_pod("vllm-agg", "VllmWorker", "worker")
+    frontend = graph_pod("vllm-agg", "Frontend", "frontend")
+    in_cluster_etcd = pod("infra", **{"app.kubernetes.io/name": "etcd"})
+    assert allowed(policies, frontend, in_cluster_etcd, 12379) and allowed(policies, worker, External("192.0.2.10"), 12379)
+    assert not allowed(policies, frontend, in_cluster_etcd, 2379)
+    assert not allowed(policies, frontend, External("192.0.2.10"), 443), "etcd discovery: no API server rule"
