@@ -106,9 +106,10 @@ def check_policy_config(config: dict[str, Any], policies: list[Policy] = POLICIE
             if value not in levels:
                 raise UsageError(f"{name}: enforcement level {value!r} is not one of {levels}")
             continue
-        if name == "all" or not isinstance(value, dict):
+        if not isinstance(value, dict):
             raise UsageError(f"{name}: expected an enforcement level or an object")
-        schema_props = dict(by_name[name].config_schema.properties) if by_name[name].config_schema else {}
+        policy = by_name.get(name)
+        schema_props = dict(policy.config_schema.properties) if policy and policy.config_schema else {}
         schema = {
             "type": "object",
             "properties": {**schema_props, "enforcementLevel": {"enum": levels}},
@@ -127,8 +128,11 @@ def enforcement_level(policy: Policy, config: dict[str, Any]) -> EnforcementLeve
         return EnforcementLevel(entry)
     if isinstance(entry, dict) and "enforcementLevel" in entry:
         return EnforcementLevel(entry["enforcementLevel"])
-    if isinstance(config.get("all"), str):
-        return EnforcementLevel(config["all"])
+    every = config.get("all")
+    if isinstance(every, dict):
+        every = every.get("enforcementLevel")
+    if isinstance(every, str):
+        return EnforcementLevel(every)
     return policy.enforcement_level or PACK_DEFAULT_LEVEL
 
 

@@ -471,6 +471,10 @@ def test_enforcement_levels_come_from_the_config_file():
     assert mandatory(findings_for(load(FIXTURES / "passing" / "v1beta1.yaml"), {"all": "mandatory"})) == set()
     graphless = [o for o in passing("v1beta1") if o["kind"] != "PodMonitor"]
     assert mandatory(findings_for(graphless, {"all": "mandatory"})) == {"graph-has-podmonitor"}
+    assert mandatory(findings_for(graphless, {"all": {"enforcementLevel": "mandatory"}})) == {"graph-has-podmonitor"}
+    # A policy's own entry wins over `all`.
+    assert mandatory(findings_for(objects, {"all": "advisory", "worker-gpu-limits": "mandatory"})) == {
+        "worker-gpu-limits"}
 
 
 @pytest.mark.parametrize("config,error", [
@@ -478,6 +482,7 @@ def test_enforcement_levels_come_from_the_config_file():
     ({"stack-gpu-budget": {"maxGpus": "two"}}, "'two'"),
     ({"stack-gpu-budgets": {"maxGpus": 2}}, "unknown policy"),
     ({"worker-gpu-limits": "warn"}, "not one of"),
+    ({"all": {"maxGpus": 2}}, "maxGpus"),
 ])
 def test_bad_policy_config_is_rejected(tmp_path, capsys, config, error):
     path = tmp_path / "policy.json"
