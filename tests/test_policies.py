@@ -387,6 +387,8 @@ def test_tokens_in_a_configmap_are_reported():
 
 def test_etcd_and_nats_count_as_installed_in_every_form():
     graph = graph_of(passing("v1beta1"))  # etcd discovery + NATS_SERVER
+    # Without ETCD_ENDPOINTS the pods rely on an etcd the stack (or platform) runs.
+    graph["spec"]["env"] = [e for e in graph["spec"]["env"] if e["name"] != "ETCD_ENDPOINTS"]
     forms = {
         "pulumi helm release": [
             runner.Subject("kubernetes:helm.sh/v3:Release", "llm-etcd", "urn:e",
@@ -420,11 +422,26 @@ def test_etcd_and_nats_count_as_installed_in_every_form():
         runner.run_policies(graph_subject + [bare], {}))
 
 
+def test_a_graph_pointed_at_an_existing_etcd_needs_none_in_the_stack():
+    objects = load(FIXTURES / "violations" / "etcd-discovery-needs-etcd.v1beta1.yaml")
+    frontend = components(graph_of(objects))["Frontend"]
+    set_env(frontend, "ETCD_ENDPOINTS", "https://etcd.infra.svc:2379")
+    assert mandatory(findings_for(objects)) == set()
+    # Through the real program: etcd.endpoints instead of etcd.enabled.
+    result = rendered("dev", "discovery=etcd", "etcd.endpoints=https://etcd.infra.svc:2379",
+                      "etcd.credentialsSecret=etcd-creds")
+    config = runner.load_policy_config(REPO / "policies" / "config" / "dev.json")
+    assert mandatory(runner.run_policies(runner.subjects_from_rendered(result), config)) == set()
+
+
 def test_coordination_provided_outside_the_stack_is_accepted_when_configured():
-    graph = runner.subjects_from_objects([graph_of(passing("v1beta1"))])
+    graph = graph_of(passing("v1beta1"))
+    graph["spec"]["env"] = [e for e in graph["spec"]["env"] if e["name"] != "ETCD_ENDPOINTS"]
+    subjects = runner.subjects_from_objects([graph])
+    assert mandatory(runner.run_policies(subjects, {})) == {"etcd-discovery-needs-etcd", "nats-planes-need-nats"}
     config = {"etcd-discovery-needs-etcd": {"providedOutsideStack": True},
               "nats-planes-need-nats": {"providedOutsideStack": True}}
-    assert not mandatory(runner.run_policies(graph, config))
+    assert not mandatory(runner.run_policies(subjects, config))
 
 
 # ---------------------------------------------------------------- unknown values during preview

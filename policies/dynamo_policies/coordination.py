@@ -13,7 +13,8 @@ etcd/NATS count as installed when the stack has
   `spec.chartRef.name`, `spec.releaseName`),
 - a StatefulSet, Deployment or Service named like it (`dynamo-etcd`, `nats`),
 - a dynamo-platform release whose values enable the subchart (`etcd.enabled`, `nats.enabled`),
-or when the policy config says it is provided outside the stack.
+or when the policy config says it is provided outside the stack. A graph whose every component
+sets `ETCD_ENDPOINTS` names the etcd it uses (an existing one) and needs none in the stack.
 """
 
 from __future__ import annotations
@@ -102,17 +103,23 @@ def _check(args: StackValidationArgs, report: ReportViolation, service: str, pol
             continue
         reason = needs(r)
         if reason:
+            existing = " or point it at an existing one (etcd.endpoints)" if service == "etcd" else ""
             report(f"{describe(r.resource_type, r.props, r.name)} {reason} but the stack "
-                   f"installs no {service}. Enable {service} in the stack config ({service}.enabled), "
-                   f"or set providedOutsideStack in the {policy} policy config when the platform "
-                   f"runs it.", r.urn)
+                   f"installs no {service}. Enable {service} in the stack config ({service}.enabled)"
+                   f"{existing}, or set providedOutsideStack in the {policy} policy config when the "
+                   "platform runs it.", r.urn)
 
 
 def _needs_etcd(r) -> str | None:
     backend = as_map(dig(r.props, "metadata", "annotations")).get(DISCOVERY_ANNOTATION)
-    if str(backend or "").lower() == "etcd":
-        return f"uses etcd discovery ({DISCOVERY_ANNOTATION}: etcd)"
-    return None
+    if str(backend or "").lower() != "etcd":
+        return None
+    # Every component pointed at an etcd by ETCD_ENDPOINTS is a graph wired to an existing
+    # etcd (etcd.endpoints); without it the pods only find what the stack or platform runs.
+    components = graph_components(r.resource_type, r.props)
+    if components and all(c.env_defined("ETCD_ENDPOINTS") for c in components):
+        return None
+    return f"uses etcd discovery ({DISCOVERY_ANNOTATION}: etcd) without ETCD_ENDPOINTS on every component"
 
 
 def _needs_nats(r) -> str | None:
