@@ -12,9 +12,9 @@ import argparse
 import asyncio
 import time
 
-from dynctl.traffic import LAB_PROMPT, Target, describe_error, get_json, stream_chat
+from dynctl.traffic import LAB_PROMPT, Target, describe_error, get_json, run_sync, stream_chat
 
-SMOKE_MAX_TOKENS = 32
+SMOKE_MAX_TOKENS = 64  # the lab's smoke request
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -77,7 +77,7 @@ def run(args) -> int:
     except Exception as e:  # config errors, missing stack, bad URL: all one line
         print(f"FAIL target: {e}")
         return 2
-    return asyncio.run(smoke(target, args.model or stack_model, args.timeout))
+    return run_sync(smoke(target, args.model or stack_model, args.timeout))
 
 
 async def smoke(target: Target, model: str | None, timeout: float) -> int:

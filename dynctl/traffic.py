@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 from typing import AsyncIterator
 from urllib.parse import urlsplit
 
-# The lab's question; the default workload asks it 30 times, 3 at a time.
-LAB_PROMPT = "Explain in two sentences what NVIDIA Dynamo does for LLM inference."
+# The lab's smoke question; the default workload asks it 30 times, 3 at a time.
+LAB_PROMPT = "Hello! How are you?"
 DEFAULT_REQUESTS = 30
 DEFAULT_CONCURRENCY = 3
 DEFAULT_MAX_TOKENS = 100
@@ -296,15 +296,22 @@ def _parse_sse(event: bytes) -> tuple[str | None, str | None]:
 # ---------------------------------------------------------------- workload
 
 
-def make_prompts(n: int, prefix_pool: int = 0, prefix_tokens: int = 1000, seed: int = 0) -> list[str]:
-    """The lab's prompts, or with prefix_pool > 0 prompts sharing that many long prefixes.
+def make_workload(n: int, prefix_pool: int = 0, prefix_tokens: int = 1000,
+                  seed: int = 0) -> list[tuple[int | None, str]]:
+    """(prefix group, prompt) per request: the lab's prompt, or with prefix_pool > 0 prompts
+    that share one of that many long prefixes.
 
     Each request gets a distinct tail so that only the shared prefix can come from cache."""
     rng = random.Random(seed)
     if prefix_pool <= 0:
-        return [f"Request {i}. {LAB_PROMPT}" for i in range(n)]
+        return [(None, f"Request {i}. {LAB_PROMPT}") for i in range(n)]
     prefixes = [" ".join(rng.choice(_WORDS) for _ in range(prefix_tokens)) for _ in range(prefix_pool)]
-    return [f"{prefixes[rng.randrange(prefix_pool)]}\n\nRequest {i}. {LAB_PROMPT}" for i in range(n)]
+    groups = [rng.randrange(prefix_pool) for _ in range(n)]
+    return [(g, f"{prefixes[g]}\n\nRequest {i}. {LAB_PROMPT}") for i, g in enumerate(groups)]
+
+
+def make_prompts(n: int, prefix_pool: int = 0, prefix_tokens: int = 1000, seed: int = 0) -> list[str]:
+    return [p for _, p in make_workload(n, prefix_pool, prefix_tokens, seed)]
 
 
 @dataclass
@@ -399,6 +406,18 @@ async def run_workload(target: Target, model: str, prompts: list[str], concurren
     return build_report(results, time.perf_counter() - t0)
 
 
+def run_sync(coro):
+    """Run a coroutine on a private event loop.
+
+    asyncio.run() would also unset the thread's default loop afterwards, and the in-process
+    Pulumi engine behind `render` (used by --stack) still needs one in the same process."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
 async def first_model(target: Target, timeout: float = 10.0) -> str:
     """The first model the frontend lists (what a user means when giving no --model)."""
     data = await get_json(target, "/v1/models", timeout=timeout)
@@ -441,7 +460,7 @@ def run(args) -> int:
         console.print(f"[red]{e}[/red]")
         return 2
     try:
-        model = args.model or asyncio.run(first_model(target))
+        model = args.model or run_sync(first_model(target))
     except Exception as e:  # one line, whatever went wrong reaching the frontend
         console.print(f"[red]cannot list models at {target}: {describe_error(e, target)}[/red]")
         return 1
@@ -458,7 +477,7 @@ def run(args) -> int:
             failed += 0 if r.ok else 1
             progress.update(task, advance=1, failed=failed)
 
-        report = asyncio.run(run_workload(target, model, prompts, args.concurrency, args.max_tokens,
+        report = run_sync(run_workload(target, model, prompts, args.concurrency, args.max_tokens,
                                           args.timeout, on_done))
 
     print_summary(report, model, target, args.concurrency, Console())
