@@ -23,6 +23,11 @@ from dynctl import engine
 MARKER = ".dynctl-render"
 HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
 SECRET_TYPES = ("kubernetes:core/v1:Secret",)
+REDACTED_ANNOTATION = "dynamo-distributed/redacted"
+REDACTED_HEADER = (
+    "# REDACTED: the values of this Secret are Pulumi secrets and are not written here.\n"
+    "# Do not apply this file as is: create the Secret out of band (pulumi up, SOPS, Sealed or External Secrets).\n"
+)
 
 
 class ConfigError(ValueError):
@@ -105,6 +110,10 @@ def _ordered(obj: dict) -> dict:
 def redact_secret(obj: dict) -> dict:
     """A Secret with every value replaced: keys stay so readers see what the Secret holds."""
     out = dict(obj)
+    meta = dict(engine.unwrap(out.get("metadata")) or {})
+    meta["annotations"] = {**(meta.get("annotations") or {}),
+                           REDACTED_ANNOTATION: "values replaced by [secret]; provide this Secret out of band"}
+    out["metadata"] = meta
     for field in ("data", "stringData"):
         values = engine.unwrap(out.get(field))
         if isinstance(values, dict):
@@ -128,7 +137,8 @@ def write(rendered: Rendered, out: Path) -> list[Path]:
     for obj in rendered.objects:
         path = out / object_path(obj)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(obj, sort_keys=False, width=120))
+        redacted = REDACTED_ANNOTATION in (obj.get("metadata", {}).get("annotations") or {})
+        path.write_text((REDACTED_HEADER if redacted else "") + yaml.safe_dump(obj, sort_keys=False, width=120))
         written.append(path)
     (out / MARKER).write_text(f"rendered by dynctl render --stack {rendered.stack}\n")
     return written

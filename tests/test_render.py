@@ -181,6 +181,7 @@ def test_hf_token_from_config_is_a_secret_that_never_leaves_in_plain_text(tmp_pa
     result = rendered("dev", "dynamo.version=1.4.0", f"hfToken={token}")
     secret = next(o for o in objects_of(result, "Secret") if o["metadata"]["name"] == "vllm-agg-hf-token")
     assert secret["stringData"] == {"HF_TOKEN": "[secret]"}
+    assert "provide this Secret out of band" in secret["metadata"]["annotations"]["dynamo-distributed/redacted"]
     worker = components(graph_of(result))["VllmWorker"]
     assert container(worker)["envFrom"] == [{"secretRef": {"name": "vllm-agg-hf-token"}}]
     assert token in result.secret_values
@@ -198,6 +199,8 @@ def test_hf_token_from_config_is_a_secret_that_never_leaves_in_plain_text(tmp_pa
     for path in out.rglob("*"):
         if path.is_file():
             assert token not in path.read_text(), path
+    secret_file = out / "dynamo" / "secret-vllm-agg-hf-token.yaml"
+    assert secret_file.read_text().startswith("# REDACTED")
 
 
 @pytest.mark.parametrize("sets, key", [
