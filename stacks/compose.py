@@ -11,6 +11,7 @@ from components.disruption_budget import GraphDisruptionBudgets
 from components.frontend_service import FrontendService
 from components.graph import DynamoGraph
 from components.model_cache import ModelCache
+from components.monitoring import Monitoring, coordination_targets
 from components.network_policy import GraphNetworkPolicies
 from stacks.config import StackConfig
 
@@ -80,6 +81,24 @@ def deploy(cfg: StackConfig, *, spread_across_nodes: bool, disruption_budgets: b
                            {"type": "worker", "replicas": cfg.workers.replicas}],
         })
 
+    monitoring = None
+    if cfg.monitoring.enabled:
+        alerts = cfg.monitoring.alerts
+        monitoring = Monitoring(f"{graph_name}-monitoring", {
+            "namespace": cfg.namespace,
+            "graph_name": graph_name,
+            "prometheus_release": cfg.monitoring.prometheus_release,
+            "dashboard_namespace": cfg.monitoring.namespace,
+            "platform_monitors": cfg.monitoring.platform_monitors,
+            "thresholds": {
+                "error_ratio_percent": alerts.error_ratio_percent,
+                "ttft_p90_ms": alerts.ttft_p90_ms,
+                "queued_requests": alerts.queued_requests,
+                "kv_cache_hit_drop_percent": alerts.kv_cache_hit_drop_percent,
+            },
+            **coordination_targets(cfg.namespace, coordination.peers),
+        })
+
     service = FrontendService(f"{graph_name}-frontend", {
         "namespace": cfg.namespace,
         "graph_name": graph_name,
@@ -87,7 +106,7 @@ def deploy(cfg: StackConfig, *, spread_across_nodes: bool, disruption_budgets: b
         "node_port": cfg.frontend.service.node_port,
     })
 
-    return {
+    outputs = {
         "namespace": cfg.namespace,
         "graphName": graph.graph_name,
         "graphApiVersion": graph.api_version,
@@ -96,6 +115,12 @@ def deploy(cfg: StackConfig, *, spread_across_nodes: bool, disruption_budgets: b
         "frontendUrl": service.url,
         "smokeCurl": service.url.apply(lambda url: smoke_curl(url, cfg.model_name)),
     }
+    if monitoring:
+        outputs["dashboard"] = {"title": monitoring.dashboard_title, "uid": monitoring.dashboard_uid,
+                                "configMap": monitoring.dashboard_config_map}
+        outputs["alerts"] = monitoring.alert_names
+        outputs["podMonitors"] = monitoring.pod_monitors
+    return outputs
 
 
 def smoke_curl(url: str, model: str) -> str:
