@@ -260,7 +260,9 @@ async def stream_chat(target: Target, model: str, prompt: str, max_tokens: int, 
             raise StreamError("stream finished without any generated text")
     except asyncio.TimeoutError:
         result.error = f"timed out after {timeout:g} s"
-    except (StreamError, HttpStatusError) as e:
+    except StreamError as e:
+        result.error = f"error inside the 200 stream: {e}"
+    except HttpStatusError as e:
         result.error = str(e)
     except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError) as e:
         result.error = f"{type(e).__name__}: {e}"
