@@ -73,8 +73,18 @@ def _save_state(stack: str, state_dir: Path | None, state: dict) -> None:
 
 
 def _record(server: Server) -> dict:
-    return {"role": server.role, "name": server.name, "pid": server.pid, "started": server.started,
-            "endpoint": server.endpoint, "health_url": server.health_url, "log": server.log}
+    record = {"role": server.role, "name": server.name, "pid": server.pid, "started": server.started,
+              "endpoint": server.endpoint, "health_url": server.health_url, "log": server.log}
+    if server.data_dir:
+        record["data_dir"] = server.data_dir
+    return record
+
+
+def _stop(proc: dict | Server) -> None:
+    rec = proc if isinstance(proc, dict) else _record(proc)
+    stop(rec["pid"], rec.get("started", ""))
+    if rec.get("data_dir"):
+        shutil.rmtree(rec["data_dir"], ignore_errors=True)
 
 
 # ---------------------------------------------------------------- environment
@@ -160,7 +170,7 @@ def up_from_objects(stack: str, objects: list[dict], port: int | None = None, kv
     model_dir = twin_install.ensure_tokenizer(python)
 
     rd = run_dir(stack, state_dir)
-    for stale in ("logs", "discovery", "etcd-data", "prometheus-data", "home", "tmp", "rules"):
+    for stale in ("logs", "discovery", "prometheus-data", "home", "tmp", "rules"):
         shutil.rmtree(rd / stale, ignore_errors=True)
     for sub in ("logs", "discovery", "home", "tmp"):
         (rd / sub).mkdir(parents=True, exist_ok=True)
@@ -186,14 +196,17 @@ def up_from_objects(stack: str, objects: list[dict], port: int | None = None, kv
         if monitoring:
             from dynctl import twin_monitoring
 
-            config = twin_monitoring.write_config(rd, objects, plan, servers)
+            config, notes = twin_monitoring.write_config(rd, objects, plan, servers)
+            for note in notes:
+                echo(f"twin: note: {note}")
             start_prometheus(rd, base, config, servers)
             state["processes"] = [_record(s) for s in servers]
             state["prometheus_url"] = servers[-1].endpoint
+            state["monitoring_notes"] = notes
             _save_state(stack, state_dir, state)
     except BaseException:
         for server in reversed(servers):
-            stop(server.pid, server.started)
+            _stop(server)
         state["processes"] = [_record(s) for s in servers]
         _save_state(stack, state_dir, state)
         raise
@@ -361,7 +374,7 @@ def down(stack: str, state_dir: Path | None = None) -> None:
         return
     order = {"prometheus": 0, "frontend": 1, "worker": 2, "nats": 3, "etcd": 4}
     for proc in sorted(state["processes"], key=lambda p: order.get(p["role"], 5)):
-        stop(proc["pid"], proc.get("started", ""))
+        _stop(proc)
     state["processes"] = []
     state["stopped"] = True
     _save_state(stack, state_dir, state)

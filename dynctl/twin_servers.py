@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +29,12 @@ class ServerError(RuntimeError):
     """A system server is missing or did not come up."""
 
 
+# Debian installs nats-server in /usr/sbin, which is not on every user's PATH.
+SYSTEM_DIRS = ("/usr/sbin", "/usr/bin")
+
+
 def require_binary(name: str) -> str:
-    path = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None)
+    path = shutil.which(name) or next((f"{d}/{name}" for d in SYSTEM_DIRS if os.access(f"{d}/{name}", os.X_OK)), None)
     if not path:
         raise ServerError(f"`{name}` is not installed; the twin needs it for this stack. Install it with:\n  {INSTALL_HINT[name]}")
     return path
@@ -43,6 +49,8 @@ class Server:
     endpoint: str
     health_url: str
     log: str
+    data_dir: str | None = None
+    """Data kept outside the state dir (etcd's, in memory); removed on stop."""
 
 
 def _wait(server: Server, ready, what: str, timeout: float = 20.0) -> None:
@@ -60,19 +68,34 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def etcd_data_dir() -> Path:
+    """Where etcd keeps its data: memory (tmpfs) when the machine has it.
+
+    etcd 3.4 puts the plain password of `user add` into its raft log (3.5 hashes it first), so
+    the data directory must not land on disk; it is removed again by `twin down`.
+    """
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    return Path(tempfile.mkdtemp(prefix="dynctl-twin-etcd-", dir=base))
+
+
 def start_etcd(run_dir: Path, env: dict[str, str], started: list[Server]) -> Server:
     binary = require_binary("etcd")
     client, peer = free_port(), free_port()
     url, peer_url = f"http://{LOOPBACK}:{client}", f"http://{LOOPBACK}:{peer}"
+    data = etcd_data_dir()
     argv = [
-        binary, "--name", "twin", "--data-dir", str(run_dir / "etcd-data"),
+        binary, "--name", "twin", "--data-dir", str(data),
         "--listen-client-urls", url, "--advertise-client-urls", url,
         "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
         "--initial-cluster", f"twin={peer_url}", "--logger", "zap", "--log-outputs", "stderr",
+        # etcd logs user names (which come from a Secret) when adding users (info) and on failed
+        # logins (warn); errors are all the twin needs in its log.
+        "--log-level", "error",
     ]
     log = run_dir / "logs" / "etcd.log"
     pid, t0 = spawn(argv, env, log, run_dir)
-    server = Server("etcd", "etcd", pid, t0, url, f"{url}/health", str(log))
+    server = Server("etcd", "etcd", pid, t0, url, f"{url}/health", str(log), data_dir=str(data))
     started.append(server)
     _wait(server, lambda: (r := http_get(server.health_url)) is not None and r[0] == 200, "etcd")
     return server
@@ -141,7 +164,7 @@ def start_prometheus(run_dir: Path, env: dict[str, str], config: Path, started: 
     url = f"http://{LOOPBACK}:{port}"
     argv = [
         binary, f"--config.file={config}", f"--web.listen-address={LOOPBACK}:{port}",
-        f"--storage.tsdb.path={run_dir / 'prometheus-data'}", "--web.enable-lifecycle",
+        f"--storage.tsdb.path={run_dir / 'prometheus-data'}",
     ]
     log = run_dir / "logs" / "prometheus.log"
     pid, t0 = spawn(argv, env, log, run_dir)
