@@ -276,3 +276,50 @@ def test_multinode_twin_runs_over_nats_and_etcd_with_auth(twin_home, multinode):
                 assert not [s for s in secrets if s.encode() in text], f"credential written to {path}"
     assert not [p for p in state["processes"] if alive(p["pid"])]
     assert not Path(etcd["data_dir"]).exists()
+
+
+# ---------------------------------------------------------------- monitoring
+
+
+def prometheus_query(prometheus: str, query: str) -> list:
+    url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    status, answer = get_json(url)
+    assert status == 200 and answer["status"] == "success", (query, answer)
+    return answer["data"]["result"]
+
+
+def test_monitoring_twin_fills_every_dashboard_query(twin_home, dev):
+    from dynctl.twin_monitoring import dashboard_queries, dashboards
+
+    (board,) = dashboards(dev.objects)  # the ConfigMap Grafana's sidecar would load
+    # Grafana fills $__rate_interval; a plain Prometheus needs a window with a few 2 s scrapes in it.
+    queries = [(title, expr.replace("$__rate_interval", "1m")) for title, expr in dashboard_queries(board)]
+    rule = objects_of(dev, "PrometheusRule")[0]
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    with running("dev", twin_home, monitoring=True) as state:
+        prometheus = state["prometheus_url"]
+        assert prometheus.startswith("http://127.0.0.1:")
+        # Traffic as users send it: streamed and unary requests, and some the frontend rejects.
+        for i in range(24):
+            status, _ = chat(state, f"question {i % 3}: " + "tell me about caches " * 30, max_tokens=6)
+            assert status == 200
+        for i in range(6):
+            assert chat(state, "bad", temperature=99)[0] == 400
+        body = {"model": state["model"], "messages": [{"role": "user", "content": "stream"}], "max_tokens": 6, "stream": True}
+        req = urllib.request.Request(state["url"] + "/v1/chat/completions", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+        for _ in range(6):
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                assert b"[DONE]" in resp.read()
+
+        def empty() -> list[str]:
+            return [f"{title}: {expr}" for title, expr in queries if not prometheus_query(prometheus, expr)]
+
+        assert wait_until(lambda: not empty(), timeout=45), empty()
+
+        targets = get_json(f"{prometheus}/api/v1/targets")[1]["data"]["activeTargets"]
+        jobs = {f"{m['metadata']['namespace']}/{m['metadata']['name']}" for m in objects_of(dev, "PodMonitor")}
+        assert {t["labels"]["job"] for t in targets} == jobs and all(t["health"] == "up" for t in targets)
+        loaded = get_json(f"{prometheus}/api/v1/rules")[1]["data"]["groups"]
+        assert {r["name"] for g in loaded for r in g["rules"]} == alerts
+    assert not [p for p in state["processes"] if alive(p["pid"])]
