@@ -447,3 +447,38 @@ def test_stack_thresholds_come_from_config():
 def test_monitoring_can_be_turned_off():
     off = rendered("dev", "monitoring.enabled=false")
     assert not objects_of(off, "PodMonitor") and not objects_of(off, "PrometheusRule")
+
+
+def test_stack_coordination_monitors_scrape_the_chart_pods_and_their_exporters():
+    # Pod labels as the charts set them (nats chart nats.selectorLabels; Bitnami etcd common labels),
+    # derived from the rendered HelmRelease, not from our own code.
+    r = rendered("dev", "nats.enabled=true", "etcd.enabled=true", "discovery=etcd")
+    releases = {o["metadata"]["name"]: o for o in objects_of(r, "HelmRelease")}
+    monitors = {m["metadata"]["name"]: m["spec"] for m in objects_of(r, "PodMonitor")}
+    nats = next(o for o in releases.values() if o["metadata"]["name"].endswith("-nats"))
+    etcd = next(o for o in releases.values() if o["metadata"]["name"].endswith("-etcd"))
+    pods = {
+        "nats": {"app.kubernetes.io/name": "nats", "app.kubernetes.io/instance": nats["spec"]["releaseName"],
+                 "app.kubernetes.io/component": "nats"},
+        "nats-box": {"app.kubernetes.io/name": "nats", "app.kubernetes.io/instance": nats["spec"]["releaseName"],
+                     "app.kubernetes.io/component": "nats-box"},
+        "etcd": {"app.kubernetes.io/name": "etcd", "app.kubernetes.io/instance": etcd["spec"]["releaseName"]},
+    }
+    for target in ("nats", "etcd"):
+        selector = monitors[f"vllm-agg-{target}"]["selector"]["matchLabels"]
+        assert {p for p, labels in pods.items() if selector.items() <= labels.items()} == {target}
+    # The ports the monitors scrape exist only when the charts run their exporters.
+    assert nats["spec"]["values"]["promExporter"]["enabled"] is True
+    assert monitors["vllm-agg-nats"]["podMetricsEndpoints"][0]["port"] == "prom-metrics"
+    assert etcd["spec"]["values"]["metrics"]["enabled"] is True and etcd["spec"]["values"]["metrics"]["useSeparateEndpoint"]
+    assert monitors["vllm-agg-etcd"]["podMetricsEndpoints"][0]["port"] == "metrics"
+
+
+def test_stack_outputs_say_how_to_open_the_dashboard_and_which_alerts_exist():
+    r = rendered("dev")
+    (cm,) = [o for o in objects_of(r, "ConfigMap") if o["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
+    (board,) = [json.loads(v) for v in cm["data"].values()]
+    assert r.outputs["dashboard"]["uid"] == board["uid"] and r.outputs["dashboard"]["title"] == board["title"]
+    assert r.outputs["dashboard"]["configMap"] == f"{cm['metadata']['namespace']}/{cm['metadata']['name']}"
+    (rule,) = objects_of(r, "PrometheusRule")
+    assert r.outputs["alerts"] == [x["alert"] for g in rule["spec"]["groups"] for x in g["rules"]]
