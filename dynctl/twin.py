@@ -14,6 +14,7 @@ State: `<state_dir>/<stack>/state.json` (default state_dir `<repo>/.twin`, or $D
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import secrets
@@ -141,6 +142,9 @@ def up(stack: str, sets: list[str] | tuple[str, ...] = (), port: int | None = No
         rendered = render_stack(stack, list(sets))
     except ConfigError as error:
         raise TwinError(f"stack {stack!r}: {error}") from None
+    # Rendering leaves Pulumi's unreferenced event loops behind; finalize them now, while their
+    # sockets are intact, not in interpreter teardown (which prints a spurious traceback).
+    gc.collect()
     return up_from_objects(stack, rendered.objects, port=port, kv_blocks=kv_blocks, monitoring=monitoring,
                            state_dir=state_dir, echo=echo)
 
@@ -156,6 +160,8 @@ def up_from_objects(stack: str, objects: list[dict], port: int | None = None, kv
     existing = status(stack, state_dir)
     if existing and any(p["health"] != "dead" for p in existing["processes"]):
         raise TwinError(f"twin {stack!r} is already running at {existing['url']}; run `python -m dynctl twin down --stack {stack}` first")
+    if existing:
+        down(stack, state_dir)  # a crashed run: clear what it left (process groups, etcd's memory dir)
     if port is not None and port_in_use(port):
         raise TwinError(f"port {port} on {LOOPBACK} is already in use; pick another --port or leave it out for a free one")
     monitors = []
