@@ -61,7 +61,7 @@ def main() -> int:
             failed.append(report.failed)
             for err, n in report.errors.items():
                 errors[err] = errors.get(err, 0) + n
-        seen = "; ".join(f"{n} x {e[:70]}" for e, n in sorted(errors.items(), key=lambda kv: -kv[1])) or "-"
+        seen = "; ".join(f"{n} x {e[:100]}" for e, n in sorted(errors.items(), key=lambda kv: -kv[1])) or "-"
         print(row(label, limit, ", ".join(map(str, failed)), f"{sum(failed)} / {args.runs * args.requests}", seen))
     return 0
 

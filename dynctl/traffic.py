@@ -205,7 +205,7 @@ async def stream_chat(target: Target, model: str, prompt: str, max_tokens: int, 
     result = RequestResult(index)
     body = {"model": model, "messages": [{"role": "user", "content": prompt}],
             "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}}
-    start = time.perf_counter()
+    start = time.perf_counter()  # reset right before connecting, below
     first = last = None
     chunks_with_text = 0
     usage = None
@@ -223,7 +223,8 @@ async def stream_chat(target: Target, model: str, prompt: str, max_tokens: int, 
             buf = b""
             async for chunk in resp.chunks():
                 now = time.perf_counter()
-                buf += chunk.replace(b"\r\n", b"\n")
+                # SSE allows CRLF line ends; normalise the whole buffer, a CRLF may straddle chunks.
+                buf = (buf + chunk).replace(b"\r\n", b"\n")
                 while b"\n\n" in buf:
                     event, buf = buf.split(b"\n\n", 1)
                     event_type, data = _parse_sse(event)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
+import yaml
 
 from dynctl import preflight
 from kube_recorded import RecordedKubeAPI, fixture
@@ -109,3 +110,21 @@ def test_unknown_stack_exits_2(tmp_path, capsys):
         code = args.func(args)
     assert code == 2
     assert "CANNOT CHECK: stack 'dev'" in capsys.readouterr().out
+
+
+def test_exec_credential_plugin_is_refused_clearly(tmp_path, capsys):
+    # Cloud kubeconfigs (EKS, GKE) run a plugin for a token; dynctl does not run programs from kubeconfigs.
+    with RecordedKubeAPI(routes("pods_idle.json")) as api:
+        path = api.kubeconfig(tmp_path)
+        cfg = yaml.safe_load(path.read_text())
+        cfg["users"][0]["user"] = {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": "aws",
+                                            "args": ["eks", "get-token", "--cluster-name", "lab"]}}
+        path.write_text(yaml.safe_dump(cfg))
+        parser = argparse.ArgumentParser()
+        preflight.register(parser.add_subparsers())
+        args = parser.parse_args(["preflight", "--stack", "dev", "--kubeconfig", str(path)])
+        code = args.func(args)
+    out = capsys.readouterr().out
+    assert code == 2
+    assert "uses an exec/auth-provider credential plugin" in out
+    assert api.seen == []  # nothing was sent without credentials
