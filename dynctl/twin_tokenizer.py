@@ -12,6 +12,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 SPECIAL = ["<|bos|>", "<|eos|>", "<|pad|>"]
+# Covers the ids the mocker generates (1000-1999 in ai-dynamo 1.6.1), with room to spare.
+VOCAB_SIZE = 4096
 # Training text only shapes the merges; its content does not matter.
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -25,6 +27,25 @@ CHAT_TEMPLATE = (
 )
 
 
+def _padded(trained: Tokenizer) -> Tokenizer:
+    """The trained BPE with its vocabulary filled up to VOCAB_SIZE ids.
+
+    The mocker answers with random token ids above our small trained vocabulary; ids the tokenizer
+    does not know decode to nothing, and every answer would be empty. The filler tokens decode to
+    " tok<id>" and no merge produces them, so prompts tokenize exactly as with the trained BPE.
+    """
+    model = json.loads(trained.to_str())["model"]
+    vocab = dict(model["vocab"])
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    for i in range(len(vocab), VOCAB_SIZE):
+        vocab[f"\u0120tok{i}"] = i  # \u0120 is the byte-level alphabet's space
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = trained.pre_tokenizer
+    tok.decoder = trained.decoder
+    tok.post_processor = trained.post_processor
+    return tok
+
+
 def build(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.BPE())
@@ -36,6 +57,7 @@ def build(out: Path) -> None:
         show_progress=False,
     )
     tok.train_from_iterator(CORPUS, trainer)
+    tok = _padded(tok)
     tok.add_special_tokens(SPECIAL)
     tok.save(str(out / "tokenizer.json"))
     vocab = tok.get_vocab_size()

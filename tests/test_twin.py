@@ -130,6 +130,7 @@ def test_dev_twin_serves_the_graph_and_down_leaves_nothing(twin_home, dev):
         status, reply = chat(state, "hello twin", max_tokens=5)
         assert status == 200, reply
         assert reply["model"] == model and reply["usage"]["completion_tokens"] == 5
+        assert reply["choices"][0]["message"]["content"].strip()  # the mocker's tokens decode to text
 
         # KV routing from the graph's env is in effect: a repeated long prompt lands where it is cached.
         prompt = "the quick brown fox jumps over the lazy dog " * 40
