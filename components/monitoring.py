@@ -15,10 +15,12 @@ and the `datasource` template variable (only in panel datasources, never in a qu
 
 Dynamo's platform chart can create its own PodMonitors (dynamo-frontend, dynamo-worker: every
 graph in the cluster) whenever the prometheus-operator CRDs exist. To avoid scraping every pod
-twice, install it with `dynamo-operator.dynamo.metrics.podMonitors.enabled=false` (charts that have
-the switch; older charts' monitors carry no `release` label, so kube-prometheus-stack's default
-selector ignores them), or keep them and set `platform_monitors`: this component then renders no
-frontend/worker monitors and its queries select the platform monitors' series instead.
+twice, install it with `dynamo-operator.dynamo.metrics.podMonitors.enabled=false` (recent charts;
+older ones have no switch, but their monitors carry no `release` label, and kube-prometheus-stack's
+default selector ignores monitors without it; the chart only adds one when
+`dynamo-operator.dynamo.metrics.podMonitors.labels.release` is set), or keep them and set
+`platform_monitors`: this component then renders no frontend/worker monitors and its queries
+select the platform monitors' series instead.
 """
 
 from __future__ import annotations
@@ -42,8 +44,6 @@ WORKER_PORT_NAME = "system"
 # sidecar (port 7777) and Bitnami etcd with metrics.useSeparateEndpoint.
 NATS_PORT_NAME = "prom-metrics"
 ETCD_PORT_NAME = "metrics"
-# The platform chart value that turns Dynamo's own PodMonitors off (documented, set on the platform release).
-PLATFORM_MONITORS_VALUE = "dynamo-operator.dynamo.metrics.podMonitors.enabled=false"
 # Job names of the platform chart's monitors (prometheus-operator job label `<namespace>/<name>`).
 PLATFORM_MONITOR_NAMES = {"frontend": "dynamo-frontend", "worker": "dynamo-worker"}
 SCRAPE_INTERVAL = "15s"
@@ -196,6 +196,10 @@ def dashboard_uid(args: MonitoringArgs) -> str:
     return uid
 
 
+def dashboard_title(args: MonitoringArgs) -> str:
+    return f"Dynamo / {args['namespace']} / {args['graph_name']}"
+
+
 def dashboard(args: MonitoringArgs) -> dict:
     """The dashboard for this graph: the data file with its selectors filled in.
 
@@ -215,7 +219,7 @@ def dashboard(args: MonitoringArgs) -> dict:
         panels.append(panel)
     board["panels"] = panels
     board["uid"] = dashboard_uid(args)
-    board["title"] = f"Dynamo / {args['namespace']} / {args['graph_name']}"
+    board["title"] = dashboard_title(args)
     return board
 
 
@@ -387,7 +391,7 @@ class Monitoring(pulumi.ComponentResource):
         k8s.core.v1.ConfigMap(f"{name}-dashboard", metadata=board["metadata"], data=board["data"], opts=child)
 
         self.dashboard_uid = dashboard_uid(args)
-        self.dashboard_title = f"Dynamo / {args['namespace']} / {args['graph_name']}"
+        self.dashboard_title = dashboard_title(args)
         self.dashboard_config_map = f"{board['metadata']['namespace']}/{board['metadata']['name']}"
         self.alert_names = [r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]]
         self.pod_monitors = [job_label(m) for m in monitors]
