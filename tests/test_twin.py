@@ -75,6 +75,29 @@ def process_env(pid: int) -> dict[str, str]:
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
 
 
+def listening_addresses(pid: int) -> set[str]:
+    """host:port of every TCP socket the process listens on (from /proc, IPv4 and IPv6)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                address, port = fields[1].split(":")
+                if width == 8:
+                    host = socket.inet_ntop(socket.AF_INET, bytes.fromhex(address)[::-1])
+                else:
+                    words = bytes.fromhex(address)
+                    host = socket.inet_ntop(socket.AF_INET6, b"".join(words[i:i + 4][::-1] for i in range(0, 16, 4)))
+                found.add(f"{host}:{int(port, 16)}")
+    return found
+
+
 def by_role(state: dict, role: str) -> list[dict]:
     return [p for p in state["processes"] if p["role"] == role]
 
@@ -269,6 +292,11 @@ def test_multinode_twin_runs_over_nats_and_etcd_with_auth(twin_home, multinode):
         status, reply = chat(state, "hello over nats", max_tokens=3)
         assert status == 200 and reply["usage"]["completion_tokens"] == 3
 
+        # With NATS carrying events and requests, every server listens on loopback only. (Dev's ZMQ
+        # event plane cannot: Dynamo 1.6.1 binds its ZMQ publishers to 0.0.0.0.)
+        addresses = {a for p in state["processes"] for a in listening_addresses(p["pid"])}
+        assert addresses and {a.rsplit(":", 1)[0] for a in addresses} == {"127.0.0.1"}
+
         # No credential the pods get is written anywhere in the twin's state, configs or logs.
         secrets = [worker_env[k] for k in ("ETCD_AUTH_USERNAME", "ETCD_AUTH_PASSWORD", "NATS_AUTH_USERNAME", "NATS_AUTH_PASSWORD")]
         for path in twin_home.rglob("*"):
@@ -324,3 +352,10 @@ def test_monitoring_twin_fills_every_dashboard_query(twin_home, dev):
         loaded = get_json(f"{prometheus}/api/v1/rules")[1]["data"]["groups"]
         assert {r["name"] for g in loaded for r in g["rules"]} == alerts
     assert not [p for p in state["processes"] if alive(p["pid"])]
+
+
+def test_status_without_a_twin_says_how_to_start_one(twin_home):
+    shown = cli("status", "--stack", "dev", home=twin_home)
+    assert shown.returncode == 1
+    assert "twin up --stack dev" in shown.stderr
+    assert cli("down", "--stack", "dev", home=twin_home).returncode == 0  # nothing to stop is not an error
