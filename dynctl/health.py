@@ -92,10 +92,8 @@ def print_checks(console, where: str, checks: list[Check]) -> None:
 
 
 def _running_twin(stack: str) -> dict | None:
-    try:
-        from dynctl import twin
-    except ImportError:
-        return None
+    from dynctl import twin
+
     state = twin.load_state(stack)
     if not state or not state.get("processes"):
         return None

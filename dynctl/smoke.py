@@ -9,7 +9,6 @@ and a non-zero exit code.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 
 from dynctl.traffic import LAB_PROMPT, Target, describe_error, get_json, run_sync, stream_chat
@@ -29,25 +28,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def resolve_target(stack: str) -> tuple[str, str | None, str]:
     """(url, model, where it came from) for a stack: its running twin first, else its render."""
-    try:
-        from dynctl import twin
-        state = twin.load_state(stack)
-    except ImportError:
-        state = None
+    from dynctl import twin
+
+    state = twin.load_state(stack)
     if state and _frontend_alive(state):
         return state["url"], state.get("model"), f"twin of stack {stack}"
     from dynctl.render import render_stack
 
-    r = render_stack(stack, [])
-    url = _first_output(r.outputs, ("frontendUrl", "frontend_url", "url", "endpoint"))
-    model = _first_output(r.outputs, ("model",)) or r.config.model_name
-    if not url:
-        raise RuntimeError(f"stack {stack!r} has no running twin and its outputs name no frontend URL")
-    if "<" in url:
+    outputs = render_stack(stack, []).outputs
+    url = outputs.get("frontendUrl")
+    if not url or "<" in url:
         # e.g. http://<node-ip>:30200: only the cluster knows the address.
-        raise RuntimeError(f"stack {stack!r} has no running twin and its frontendUrl is a template ({url}); "
-                           "run smoke --url with the real address (or `dynctl health --stack` via the API server)")
-    return url, model, f"outputs of stack {stack}"
+        raise RuntimeError(f"stack {stack!r} has no running twin and its frontendUrl is {url!r}; run smoke --url "
+                           "with the real address (or `dynctl health --stack`, which goes through the API server)")
+    return url, outputs.get("model"), f"outputs of stack {stack}"
 
 
 def _frontend_alive(state: dict) -> bool:
@@ -56,14 +50,6 @@ def _frontend_alive(state: dict) -> bool:
 
     return any(running(int(p["pid"]), p.get("started", "")) for p in state.get("processes", [])
                if p.get("role") == "frontend")
-
-
-def _first_output(outputs: dict, names: tuple[str, ...]) -> str | None:
-    for n in names:
-        v = outputs.get(n)
-        if isinstance(v, str) and v and "[secret]" not in v:
-            return v
-    return None
 
 
 def run(args) -> int:
@@ -112,8 +98,8 @@ async def smoke(target: Target, model: str | None, timeout: float) -> int:
         return _fail("chat", "answer has no content")
     if not usage.get("completion_tokens"):
         return _fail("chat", "answer has no usage.completion_tokens")
-    _ok("chat", f"{usage['completion_tokens']} tokens, usage {usage.get('prompt_tokens')} prompt / "
-        f"{usage.get('completion_tokens')} completion ({_ms(t0)}): {content[:60]!r}")
+    _ok("chat", f"usage {usage.get('prompt_tokens')} prompt / {usage['completion_tokens']} completion tokens "
+        f"({_ms(t0)}): {content[:60]!r}")
 
     # 3. the same question streamed
     r = await stream_chat(target, model, LAB_PROMPT, SMOKE_MAX_TOKENS, timeout=timeout)

@@ -460,12 +460,12 @@ def run(args) -> int:
     try:
         target = Target.parse(args.url)
     except ValueError as e:
-        console.print(f"[red]{e}[/red]")
+        console.print(f"[red]{e}[/red]", soft_wrap=True)
         return 2
     try:
         model = args.model or run_sync(first_model(target))
     except Exception as e:  # one line, whatever went wrong reaching the frontend
-        console.print(f"[red]cannot list models at {target}: {describe_error(e, target)}[/red]")
+        console.print(f"[red]cannot list models at {target}: {describe_error(e, target)}[/red]", soft_wrap=True)
         return 1
     prompts = make_prompts(args.requests, args.prefix_pool, args.prefix_tokens, args.seed)
 

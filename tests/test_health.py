@@ -124,6 +124,7 @@ def test_twin_health_and_a_dead_worker(tmp_path, capsys):
         assert "HEALTHY" in out and "2 worker instance(s) registered" in out
         worker = next(p for p in state["processes"] if p["role"] == "worker")
         os.kill(worker["pid"], signal.SIGKILL)
+        os.waitpid(worker["pid"], 0)  # the twin started it from this process: wait until it is gone
         assert run_health("dev") == 1
         out = capsys.readouterr().out
         assert f"worker {worker['name']}: process {worker['pid']} is not running" in out

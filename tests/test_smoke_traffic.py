@@ -207,3 +207,17 @@ def test_killed_worker_fails_requests_without_migration(tmp_path):
             twin.down("dev")
     assert report.failed >= 1 and report.succeeded + report.failed == 40
     assert all("503" in err or "unavailable" in err.lower() for err in report.errors), report.errors
+
+
+def test_stack_without_a_twin_needs_a_real_address(tmp_path, capsys):
+    # The dev stack's output is http://<node-ip>:30200: smoke must not guess an address.
+    with twin_home(tmp_path):
+        assert dynctl(["smoke", "--stack", "dev"]) == 2
+    out = capsys.readouterr().out
+    assert "FAIL target: stack 'dev' has no running twin and its frontendUrl is 'http://<node-ip>:30200'" in out
+
+
+def test_traffic_to_nothing_exits_non_zero(capsys):
+    port = _free_port()
+    assert dynctl(["traffic", "--url", f"http://127.0.0.1:{port}", "--requests", "2"]) == 1
+    assert f"connection refused at 127.0.0.1:{port}" in capsys.readouterr().err
