@@ -28,7 +28,7 @@ from dynctl.twin_graph import (
     ETCD_PASSWORD, ETCD_USER, NATS_PASSWORD, NATS_TOKEN, NATS_USER,
     GraphError, SecretValue, TwinPlan, expand, nats_url_credentials, plan_from_objects, with_local_address,
 )
-from dynctl.twin_process import LOOPBACK, free_port, http_get, log_tail, port_in_use, running, spawn, stop
+from dynctl.twin_process import LOOPBACK, free_port, http_get, log_tail, port_in_use, running, spawn, stop_all
 from dynctl.twin_servers import Server, ServerError, enable_etcd_auth, start_etcd, start_nats, start_prometheus
 
 READY_TIMEOUT = float(os.environ.get("DYNCTL_TWIN_READY_TIMEOUT", "120"))
@@ -81,11 +81,14 @@ def _record(server: Server) -> dict:
     return record
 
 
-def _stop(proc: dict | Server) -> None:
-    rec = proc if isinstance(proc, dict) else _record(proc)
-    stop(rec["pid"], rec.get("started", ""))
-    if rec.get("data_dir"):
-        shutil.rmtree(rec["data_dir"], ignore_errors=True)
+def _stop(procs: list[dict | Server]) -> None:
+    """Stop Dynamo and Prometheus together, then the servers they use (workers deregister from etcd on the way out)."""
+    records = [p if isinstance(p, dict) else _record(p) for p in procs]
+    for tier in (("prometheus", "frontend", "worker"), ("nats", "etcd")):
+        stop_all([(r["pid"], r.get("started", "")) for r in records if r["role"] in tier])
+    for r in records:
+        if r.get("data_dir"):
+            shutil.rmtree(r["data_dir"], ignore_errors=True)
 
 
 # ---------------------------------------------------------------- environment
@@ -211,8 +214,7 @@ def up_from_objects(stack: str, objects: list[dict], port: int | None = None, kv
             state["monitoring_notes"] = notes
             _save_state(stack, state_dir, state)
     except BaseException:
-        for server in reversed(servers):
-            _stop(server)
+        _stop(servers)
         state["processes"] = [_record(s) for s in servers]
         _save_state(stack, state_dir, state)
         raise
@@ -378,9 +380,7 @@ def down(stack: str, state_dir: Path | None = None) -> None:
     state = load_state(stack, state_dir)
     if state is None:
         return
-    order = {"prometheus": 0, "frontend": 1, "worker": 2, "nats": 3, "etcd": 4}
-    for proc in sorted(state["processes"], key=lambda p: order.get(p["role"], 5)):
-        _stop(proc)
+    _stop(state["processes"])
     state["processes"] = []
     state["stopped"] = True
     _save_state(stack, state_dir, state)

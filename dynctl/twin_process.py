@@ -95,22 +95,35 @@ def _signal_group(pid: int, sig: int) -> None:
 
 def stop(pid: int, started: str, grace: float = 10.0) -> None:
     """SIGTERM the process group, SIGKILL what is left after `grace` seconds."""
-    if running(pid, started):
-        _signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while running(pid, started) and time.monotonic() < deadline:
-            time.sleep(0.1)
-    elif start_time(pid) is not None:
-        return  # the pid now belongs to some other process: not ours to signal
+    stop_all([(pid, started)], grace)
+
+
+def stop_all(procs: list[tuple[int, str]], grace: float = 10.0) -> None:
+    """Stop several processes at once: SIGTERM every group, wait together, SIGKILL the rest."""
+    ours = []
+    for pid, started in procs:
+        if running(pid, started):
+            _signal_group(pid, signal.SIGTERM)
+            ours.append((pid, started))
+        elif start_time(pid) is None:
+            ours.append((pid, started))  # leader gone; its group may still hold children
+        # else: the pid now belongs to some other process: not ours to signal
+    deadline = time.monotonic() + grace
+    while any(running(pid, t) for pid, t in ours) and time.monotonic() < deadline:
+        time.sleep(0.05)
     # Children of a leader that was killed by hand keep the group alive; the kernel never hands
     # out a pid that is still a live group id, so these members are ours.
-    if _group_alive(pid):
+    leftovers = [pid for pid, _ in ours if _group_alive(pid)]
+    for pid in leftovers:
         _signal_group(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while _group_alive(pid) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 5
+    while leftovers and time.monotonic() < deadline:
+        for pid in leftovers:
             _reap(pid)
-            time.sleep(0.05)
-    _reap(pid)
+        leftovers = [pid for pid in leftovers if _group_alive(pid)]
+        time.sleep(0.05)
+    for pid, _ in ours:
+        _reap(pid)
 
 
 def _group_alive(pgid: int) -> bool:
