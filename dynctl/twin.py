@@ -430,6 +430,9 @@ def _run_up(args) -> int:
                    echo=lambda m: print(m, file=sys.stderr))
     except (TwinError, ServerError, twin_install.InstallError) as error:
         return _err(str(error))
+    for component, flags in state["ignored_worker_args"].items():
+        names = " ".join(f for f in flags if f.startswith("--"))
+        print(f"twin: note: {component}: vLLM flags the mocker does not simulate: {names}", file=sys.stderr)
     workers = sum(1 for p in state["processes"] if p["role"] == "worker")
     print(f"twin {args.stack}: {state['model']} served at {state['url']} "
           f"({workers} worker(s), router {state['router_mode']}, up in {state['up_seconds']}s)")
