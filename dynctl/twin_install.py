@@ -17,7 +17,6 @@ REPO = Path(__file__).resolve().parents[1]
 REQUIREMENTS = Path(__file__).with_name("twin_requirements.txt")
 TOKENIZER_SCRIPT = Path(__file__).with_name("twin_tokenizer.py")
 MARKER = "dynctl-twin-requirements.sha256"
-DYNAMO_PIN = "ai-dynamo==1.6.1"
 
 
 class InstallError(RuntimeError):
@@ -69,7 +68,8 @@ def ensure_venv(echo=print) -> Path:
     if python.exists() and _has_pinned_set(python):
         marker.write_text(_fingerprint() + "\n")
         return python
-    echo(f"twin: installing Dynamo ({DYNAMO_PIN}) into {venv} (about a minute, once)")
+    pin = next(p for p in _pins() if p.startswith("ai-dynamo=="))
+    echo(f"twin: installing Dynamo ({pin}) into {venv} (about a minute, once)")
     if venv.exists():
         shutil.rmtree(venv)
     base = getattr(sys, "_base_executable", sys.executable)
