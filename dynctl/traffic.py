@@ -437,13 +437,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("traffic", help="send concurrent streamed chat completions and report TTFT/ITL/latency")
     p.add_argument("--url", required=True, help="frontend base URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--model", help="model name (default: the first one /v1/models lists)")
-    p.add_argument("--requests", type=int, default=DEFAULT_REQUESTS, help="number of requests (default 30)")
-    p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests in flight (default 3)")
-    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, help="max_tokens per request (default 100)")
-    p.add_argument("--prefix-pool", type=int, default=0, help="share P long prefixes among the prompts")
-    p.add_argument("--prefix-tokens", type=int, default=1000, help="about how many tokens each prefix has")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per request")
-    p.add_argument("--seed", type=int, default=0, help="seed for the prefix workload")
+    p.add_argument("--requests", metavar="N", type=int, default=DEFAULT_REQUESTS, help="number of requests (default 30)")
+    p.add_argument("--concurrency", metavar="C", type=int, default=DEFAULT_CONCURRENCY,
+                   help="requests in flight (default 3)")
+    p.add_argument("--max-tokens", metavar="K", type=int, default=DEFAULT_MAX_TOKENS,
+                   help="max_tokens per request (default 100)")
+    p.add_argument("--prefix-pool", metavar="P", type=int, default=0,
+                   help="prompts share P long prefixes (the workload where KV routing matters)")
+    p.add_argument("--prefix-tokens", metavar="T", type=int, default=1000,
+                   help="words per prefix, about one token each for real tokenizers (default 1000)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per request (default 120)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the prefix workload (default 0)")
     p.add_argument("--json", metavar="FILE", help="write the JSON report here")
     p.add_argument("--plot", metavar="FILE.png", help="write latency distributions as a PNG")
     p.set_defaults(func=run)
