@@ -210,7 +210,7 @@ def run(args) -> int:
     if holders:
         t = Table(title="GPUs held by other workloads")
         for col in ("namespace", "workload", "pods", "GPUs", "nodes"):
-            t.add_column(col, justify="right" if col in ("pods", "GPUs") else "left")
+            t.add_column(col, justify="right" if col in ("pods", "GPUs") else "left", no_wrap=col == "workload")
         for h in holders:
             gpus = f"{h.gpus}" + (f" (+{h.pending} pending)" if h.pending else "")
             t.add_row(h.namespace, h.workload, str(h.pods), gpus, ", ".join(sorted(h.nodes)) or "-")
@@ -236,7 +236,8 @@ def run(args) -> int:
                   f"{need.gpus_per_pod} free GPUs for each of {need.replicas} replica(s)")
     console.print(f"[red]FAIL: {reason}.[/red]", soft_wrap=True)
     if holders:
-        names = ", ".join(f"{h.namespace}/{h.workload} ({h.gpus} GPUs)" for h in holders if h.gpus)
+        names = ", ".join(f"{h.namespace}/{h.workload} ({h.gpus} GPU{'s' if h.gpus != 1 else ''})"
+                          for h in holders if h.gpus)
         console.print(f"[red]GPUs are held by: {names}. Scale down or delete what is no longer needed "
                       "(e.g. an earlier lab still running).[/red]", soft_wrap=True)
     return 1

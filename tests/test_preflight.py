@@ -48,7 +48,7 @@ def test_not_enough_gpus_names_the_deployments_holding_them(tmp_path, capsys):
     assert code == 1, out
     assert "FAIL: 4 GPUs needed, 3 free" in out
     assert "lab1/DynamoGraphDeployment/vllm-disagg (4 GPUs)" in out
-    assert "research/Deployment/jupyter-gpu (1 GPUs)" in out
+    assert "research/Deployment/jupyter-gpu (1 GPU)" in out
     # the finished fine-tuning job holds nothing and is not blamed
     assert "finetune" not in out
 
