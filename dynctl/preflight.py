@@ -210,7 +210,8 @@ def run(args) -> int:
     if holders:
         t = Table(title="GPUs held by other workloads")
         for col in ("namespace", "workload", "pods", "GPUs", "nodes"):
-            t.add_column(col, justify="right" if col in ("pods", "GPUs") else "left", no_wrap=col == "workload")
+            t.add_column(col, justify="right" if col in ("pods", "GPUs") else "left", no_wrap=col == "workload",
+                         overflow="fold")
         for h in holders:
             gpus = f"{h.gpus}" + (f" (+{h.pending} pending)" if h.pending else "")
             t.add_row(h.namespace, h.workload, str(h.pods), gpus, ", ".join(sorted(h.nodes)) or "-")
