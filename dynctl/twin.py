@@ -29,7 +29,9 @@ from dynctl.twin_graph import (
     GraphError, SecretValue, TwinPlan, expand, nats_url_credentials, plan_from_objects, with_local_address,
 )
 from dynctl.twin_process import LOOPBACK, free_port, http_get, log_tail, port_in_use, running, spawn, stop_all
-from dynctl.twin_servers import Server, ServerError, enable_etcd_auth, start_etcd, start_nats, start_prometheus
+from dynctl.twin_servers import (
+    Server, ServerError, enable_etcd_auth, start_etcd, start_nats, start_nats_exporter, start_prometheus,
+)
 
 READY_TIMEOUT = float(os.environ.get("DYNCTL_TWIN_READY_TIMEOUT", "120"))
 # Dynamo advertises the machine's external address unless told otherwise; keep it all on loopback.
@@ -205,6 +207,9 @@ def up_from_objects(stack: str, objects: list[dict], port: int | None = None, kv
         if monitoring:
             from dynctl import twin_monitoring
 
+            nats = [s for s in servers if s.role == "nats"]
+            if nats and twin_monitoring.selects_nats(objects):
+                start_nats_exporter(rd, base, nats[0], servers)
             config, notes = twin_monitoring.write_config(rd, objects, plan, servers)
             for note in notes:
                 echo(f"twin: note: {note}")

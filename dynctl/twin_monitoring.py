@@ -36,7 +36,8 @@ class LocalPod:
     """None for etcd/NATS: their chart's namespace is not part of the graph."""
     labels: dict[str, str]
     ports: dict[str, str]
-    """Container port name -> host:port serving it."""
+    """Container port name -> host:port serving it; "*" serves whatever port name a monitor asks for
+    (etcd and NATS: their chart's port names are not part of the graph)."""
 
 
 def pod_monitors(objects: list[dict]) -> list[dict]:
@@ -86,8 +87,10 @@ def local_pods(plan: TwinPlan, servers: list[Server]) -> list[LocalPod]:
             pods.append(LocalPod(s.name, plan.namespace, labels, {port: _host_port(s.endpoint)}))
         elif s.role == "etcd":
             # etcd serves /metrics on its client port.
-            pods.append(LocalPod(s.name, None, {LABEL_APP_NAME: "etcd"}, {"metrics": _host_port(s.endpoint), "client": _host_port(s.endpoint)}))
-        # nats-server has no Prometheus endpoint of its own (clusters add an exporter sidecar): not scrapable here.
+            pods.append(LocalPod(s.name, None, {LABEL_APP_NAME: "etcd"}, {"*": _host_port(s.endpoint)}))
+        elif s.name == "nats-exporter":
+            # nats-server itself has no /metrics; its exporter stands in for the chart's sidecar.
+            pods.append(LocalPod("nats", None, {LABEL_APP_NAME: "nats"}, {"*": _host_port(s.endpoint)}))
     return pods
 
 
@@ -143,10 +146,10 @@ def scrape_configs(objects: list[dict], pods: list[LocalPod]) -> tuple[list[dict
         for i, endpoint in enumerate(monitor["spec"].get("podMetricsEndpoints") or []):
             port = endpoint.get("port")
             statics = [
-                {"targets": [pod.ports[port]],
+                {"targets": [pod.ports.get(port) or pod.ports["*"]],
                  "labels": {"job": job, "namespace": pod.namespace or meta.get("namespace", ""), "pod": pod.name,
                             "container": "main", "endpoint": port}}
-                for pod in selected if port in pod.ports
+                for pod in selected if port in pod.ports or "*" in pod.ports
             ]
             if not statics:
                 notes.append(f"PodMonitor {job} port {port!r}: no local process serves it (not scraped)")
@@ -164,6 +167,11 @@ def scrape_configs(objects: list[dict], pods: list[LocalPod]) -> tuple[list[dict
                 config["metric_relabel_configs"] = _relabel(endpoint["metricRelabelings"])
             jobs.append(config)
     return jobs, notes
+
+
+def selects_nats(objects: list[dict]) -> bool:
+    return any((m["spec"].get("selector") or {}).get("matchLabels", {}).get(LABEL_APP_NAME) == "nats"
+               for m in pod_monitors(objects))
 
 
 def write_config(run_dir: Path, objects: list[dict], plan: TwinPlan, servers: list[Server]) -> tuple[Path, list[str]]:

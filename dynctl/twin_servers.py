@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -171,4 +172,29 @@ def start_prometheus(run_dir: Path, env: dict[str, str], config: Path, started: 
     server = Server("prometheus", "prometheus", pid, t0, url, f"{url}/-/ready", str(log))
     started.append(server)
     _wait(server, lambda: (r := http_get(server.health_url)) is not None and r[0] == 200, "prometheus", timeout=30)
+    # rate() ignores what a counter counted before its first scrape: traffic sent right after `up`
+    # must find every target scraped once already.
+    _wait(server, lambda: _all_scraped(url), "prometheus's first scrape of every target", timeout=30)
+    return server
+
+
+def _all_scraped(url: str) -> bool:
+    answer = http_get(f"{url}/api/v1/targets?state=active")
+    if not answer or answer[0] != 200:
+        return False
+    targets = json.loads(answer[1])["data"]["activeTargets"]
+    return bool(targets) and all(t["health"] == "up" for t in targets)
+
+
+def start_nats_exporter(run_dir: Path, env: dict[str, str], nats: Server, started: list[Server]) -> Server:
+    """The exporter sidecar's stand-in (see twin_nats_exporter.py), polling nats-server's /varz."""
+    port = free_port()
+    varz = nats.health_url.rsplit("/", 1)[0] + "/varz"
+    script = Path(__file__).with_name("twin_nats_exporter.py")
+    log = run_dir / "logs" / "nats-exporter.log"
+    pid, t0 = spawn([sys.executable, str(script), "--varz", varz, "--port", str(port)], env, log, run_dir)
+    url = f"http://{LOOPBACK}:{port}"
+    server = Server("nats", "nats-exporter", pid, t0, url, f"{url}/metrics", str(log))
+    started.append(server)
+    _wait(server, lambda: (r := http_get(server.health_url)) is not None and r[0] == 200, "the NATS exporter")
     return server

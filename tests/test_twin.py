@@ -317,29 +317,35 @@ def prometheus_query(prometheus: str, query: str) -> list:
     return answer["data"]["result"]
 
 
-def test_monitoring_twin_fills_every_dashboard_query(twin_home, dev):
+@pytest.mark.parametrize("stack, sets", [("dev", ()), ("multinode", ("workers.replicas=2", "frontend.replicas=1"))],
+                         ids=["dev", "multinode"])
+def test_monitoring_twin_fills_every_dashboard_query(twin_home, stack, sets):
     from dynctl.twin_monitoring import dashboard_queries, dashboards
 
-    (board,) = dashboards(dev.objects)  # the ConfigMap Grafana's sidecar would load
+    result = rendered(stack, *sets)
+    (board,) = dashboards(result.objects)  # the ConfigMap Grafana's sidecar would load
     # Grafana fills $__rate_interval; a plain Prometheus needs a window with a few 2 s scrapes in it.
     queries = [(title, expr.replace("$__rate_interval", "1m")) for title, expr in dashboard_queries(board)]
-    rule = objects_of(dev, "PrometheusRule")[0]
+    rule = objects_of(result, "PrometheusRule")[0]
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
-    with running("dev", twin_home, monitoring=True) as state:
+    with running(stack, twin_home, sets, monitoring=True) as state:
         prometheus = state["prometheus_url"]
         assert prometheus.startswith("http://127.0.0.1:")
-        # Traffic as users send it: streamed and unary requests, and some the frontend rejects.
-        for i in range(24):
-            status, _ = chat(state, f"question {i % 3}: " + "tell me about caches " * 30, max_tokens=6)
-            assert status == 200
-        for i in range(6):
-            assert chat(state, "bad", temperature=99)[0] == 400
+        # Traffic as users send it, in two rounds a scrape apart (rate() needs a counter to move
+        # between scrapes): streamed and unary requests, and some the frontend rejects.
         body = {"model": state["model"], "messages": [{"role": "user", "content": "stream"}], "max_tokens": 6, "stream": True}
         req = urllib.request.Request(state["url"] + "/v1/chat/completions", json.dumps(body).encode(),
                                      {"Content-Type": "application/json"})
-        for _ in range(6):
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                assert b"[DONE]" in resp.read()
+        for round_ in (1, 2):
+            for i in range(12):
+                status, _ = chat(state, f"question {i % 3}: " + "tell me about caches " * 30, max_tokens=6)
+                assert status == 200
+            for _ in range(3):
+                assert chat(state, "bad", temperature=99)[0] == 400
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    assert b"[DONE]" in resp.read()
+            errors = 'sum(dynamo_frontend_requests_total{status="error"})'
+            assert wait_until(lambda: [float(r["value"][1]) for r in prometheus_query(prometheus, errors)] == [3.0 * round_])
 
         def empty() -> list[str]:
             return [f"{title}: {expr}" for title, expr in queries if not prometheus_query(prometheus, expr)]
@@ -347,10 +353,15 @@ def test_monitoring_twin_fills_every_dashboard_query(twin_home, dev):
         assert wait_until(lambda: not empty(), timeout=45), empty()
 
         targets = get_json(f"{prometheus}/api/v1/targets")[1]["data"]["activeTargets"]
-        jobs = {f"{m['metadata']['namespace']}/{m['metadata']['name']}" for m in objects_of(dev, "PodMonitor")}
+        jobs = {f"{m['metadata']['namespace']}/{m['metadata']['name']}" for m in objects_of(result, "PodMonitor")}
         assert {t["labels"]["job"] for t in targets} == jobs and all(t["health"] == "up" for t in targets)
-        loaded = get_json(f"{prometheus}/api/v1/rules")[1]["data"]["groups"]
-        assert {r["name"] for g in loaded for r in g["rules"]} == alerts
+        def rules() -> dict[str, str]:
+            groups = get_json(f"{prometheus}/api/v1/rules")[1]["data"]["groups"]
+            return {r["name"]: r.get("state", "") for g in groups for r in g["rules"]}
+
+        assert set(rules()) == alerts
+        # One request in six was rejected: the stack's error-ratio alert goes pending on the twin.
+        assert wait_until(lambda: rules()["DynamoHighErrorRatio"] in ("pending", "firing"), timeout=30), rules()
     assert not [p for p in state["processes"] if alive(p["pid"])]
 
 
