@@ -30,7 +30,7 @@ from dynctl.twin_graph import (
 )
 from dynctl.twin_process import LOOPBACK, free_port, http_get, log_tail, port_in_use, running, spawn, stop_all
 from dynctl.twin_servers import (
-    Server, ServerError, enable_etcd_auth, start_etcd, start_nats, start_nats_exporter, start_prometheus,
+    Server, ServerError, enable_etcd_auth, start_etcd, start_nats, start_nats_exporter, start_prometheus, wait_scraped,
 )
 
 READY_TIMEOUT = float(os.environ.get("DYNCTL_TWIN_READY_TIMEOUT", "120"))
@@ -203,8 +203,9 @@ def up_from_objects(stack: str, objects: list[dict], port: int | None = None, kv
         started = _start_dynamo(plan, python, model_dir, rd, dynamo_env, frontend_port, kv_blocks, servers)
         state["processes"] = [_record(s) for s in servers]
         _save_state(stack, state_dir, state)
-        _wait_ready(plan, state, started)
+        prometheus = None
         if monitoring:
+            # Started while Dynamo comes up: Prometheus takes seconds to run its first scrapes.
             from dynctl import twin_monitoring
 
             nats = [s for s in servers if s.role == "nats"]
@@ -213,11 +214,14 @@ def up_from_objects(stack: str, objects: list[dict], port: int | None = None, kv
             config, notes = twin_monitoring.write_config(rd, objects, plan, servers)
             for note in notes:
                 echo(f"twin: note: {note}")
-            start_prometheus(rd, base, config, servers)
+            prometheus = start_prometheus(rd, base, config, servers)
             state["processes"] = [_record(s) for s in servers]
-            state["prometheus_url"] = servers[-1].endpoint
+            state["prometheus_url"] = prometheus.endpoint
             state["monitoring_notes"] = notes
             _save_state(stack, state_dir, state)
+        _wait_ready(plan, state, started)
+        if prometheus:
+            wait_scraped(prometheus)
     except BaseException:
         _stop(servers)
         state["processes"] = [_record(s) for s in servers]

@@ -172,10 +172,16 @@ def start_prometheus(run_dir: Path, env: dict[str, str], config: Path, started: 
     server = Server("prometheus", "prometheus", pid, t0, url, f"{url}/-/ready", str(log))
     started.append(server)
     _wait(server, lambda: (r := http_get(server.health_url)) is not None and r[0] == 200, "prometheus", timeout=30)
-    # rate() ignores what a counter counted before its first scrape: traffic sent right after `up`
-    # must find every target scraped once already.
-    _wait(server, lambda: _all_scraped(url), "prometheus's first scrape of every target", timeout=30)
     return server
+
+
+def wait_scraped(prometheus: Server) -> None:
+    """Until every target has been scraped successfully (Prometheus applies new targets after ~5 s).
+
+    rate() ignores what a counter counted before its first scrape: traffic sent right after `up`
+    must find every target scraped once already.
+    """
+    _wait(prometheus, lambda: _all_scraped(prometheus.endpoint), "prometheus's first scrape of every target", timeout=30)
 
 
 def _all_scraped(url: str) -> bool:
