@@ -200,6 +200,8 @@ def _spec_v1beta1(args: DynamoGraphArgs, secret_name: pulumi.Input[str]) -> dict
                 "name": "main",
                 "image": args["image"],
                 "env": _frontend_env(args),
+                # The frontend fetches the tokenizer and chat template of the model it serves.
+                "envFrom": [{"secretRef": {"name": secret_name}}],
                 "securityContext": _security_context(),
             }],
             **_spread(args, FRONTEND),
@@ -242,6 +244,7 @@ def _spec_v1alpha1(args: DynamoGraphArgs, secret_name: pulumi.Input[str]) -> dic
 
     frontend = service("frontend", args["frontend_replicas"])
     frontend["envs"] = _frontend_env(args)
+    frontend["envFromSecret"] = secret_name
     frontend["extraPodSpec"] = {
         "mainContainer": {"image": args["image"], "securityContext": _security_context()},
         **_spread(args, FRONTEND),

@@ -8,6 +8,7 @@ Secrets stay wrapped as Pulumi secrets in the record; `redact()` replaces them f
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
@@ -214,9 +215,24 @@ def run_program(stack: str, config: dict, secret_keys: set[str], root: Path = RO
             sys.path.insert(0, str(root))
         _sync_await(run_in_stack(lambda: runpy.run_path(str(root / "__main__.py"), run_name="__main__")))
 
-    # A fresh context per run: the SDK keeps its settings in context variables.
-    contextvars.Context().run(go)
+    # A fresh context and event loop per run: the SDK keeps its settings in context variables and
+    # needs a current loop (which asyncio.run() elsewhere in the process leaves unset).
+    loop = asyncio.new_event_loop()
+    previous = _current_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        contextvars.Context().run(go)
+    finally:
+        asyncio.set_event_loop(previous)
+        loop.close()
     return run
+
+
+def _current_loop() -> Optional[asyncio.AbstractEventLoop]:
+    try:
+        return asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        return None
 
 
 # ---------------------------------------------------------------- secrets

@@ -84,6 +84,8 @@ def test_dev_graph_is_the_lab_with_routing_fixed(dev):
     assert main["envFrom"] == [{"secretRef": {"name": "hf-token-secret"}}]
     assert main["securityContext"]["capabilities"]["add"] == ["IPC_LOCK"]
     assert container(frontend).get("resources", {}).get("limits", {}).get("nvidia.com/gpu") is None
+    # Like Dynamo's own examples, the frontend gets the token too: it fetches the model's tokenizer.
+    assert container(frontend)["envFrom"] == [{"secretRef": {"name": "hf-token-secret"}}]
     assert graph["metadata"]["annotations"]["nvidia.com/dynamo-discovery-backend"] == "kubernetes"
     assert dev.total_gpus == 2
 
@@ -98,7 +100,7 @@ def test_dev_on_0_8_renders_the_lab_v1alpha1_graph():
     assert frontend["scalingAdapter"] == {"disable": True} and worker["scalingAdapter"] == {"disable": True}
     assert worker["dynamoNamespace"] == "vllm-agg"
     assert worker["resources"]["limits"]["gpu"] == "1"
-    assert worker["envFromSecret"] == "hf-token-secret"
+    assert worker["envFromSecret"] == "hf-token-secret" and frontend["envFromSecret"] == "hf-token-secret"
     assert env_of(frontend)["DYN_ROUTER_MODE"] == "kv"
     # Before 1.0, migration is a worker flag and workers publish KV events without an extra flag.
     assert "DYN_MIGRATION_LIMIT" not in env_of(frontend)
@@ -265,3 +267,15 @@ def test_render_writes_one_file_per_object_and_replaces_its_own_output(tmp_path)
     refused = subprocess.run([sys.executable, "-m", "dynctl", "render", "--stack", "dev", "--out", str(stray)],
                              cwd=REPO, capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and (stray / "keep.txt").exists()
+
+
+def test_render_works_after_asyncio_run_in_the_same_thread():
+    import asyncio
+
+    from dynctl.render import render_stack
+
+    async def nothing():
+        return None
+
+    asyncio.run(nothing())
+    assert render_stack("dev").total_gpus == 2
