@@ -14,6 +14,7 @@ import json
 import logging
 import runpy
 import secrets
+import string
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,14 +119,16 @@ def _engine_value(value: Any) -> str:
 
 # ---------------------------------------------------------------- the mock engine
 
-def _make_mocks(run: Run):
+def make_mocks(run: Run):
     import pulumi
 
     class RecordingMocks(pulumi.runtime.Mocks):
         def new_resource(self, args: pulumi.runtime.MockResourceArgs):
             state = dict(args.inputs)
             if args.typ == "random:index/randomPassword:RandomPassword":
-                value = secrets.token_urlsafe(int(unwrap(args.inputs.get("length", 24))))
+                # Letters and digits only: safe wherever a real password of the stack may end up (nats.conf).
+                alphabet = string.ascii_letters + string.digits
+                value = "".join(secrets.choice(alphabet) for _ in range(int(unwrap(args.inputs.get("length", 24)))))
                 run.secret_values.append(value)
                 state["result"] = {_SECRET_SIG_KEY: _SECRET_SIG, "value": value}
             return f"{args.name}-id", state
@@ -136,7 +139,7 @@ def _make_mocks(run: Run):
     return RecordingMocks()
 
 
-def _make_monitor(mocks, run: Run):
+def make_monitor(mocks, run: Run):
     from pulumi.runtime import rpc
     from pulumi.runtime.mocks import MockMonitor
 
@@ -147,7 +150,7 @@ def _make_monitor(mocks, run: Run):
                 run.resources.append(Recorded(
                     type=request.type,
                     name=request.name,
-                    inputs=_whole_numbers(rpc.deserialize_properties(request.object)),
+                    inputs=whole_numbers(rpc.deserialize_properties(request.object)),
                     urn=response.urn,
                     custom=request.custom,
                     parent=request.parent,
@@ -162,14 +165,14 @@ def _make_monitor(mocks, run: Run):
     return RecordingMonitor(mocks)
 
 
-def _whole_numbers(value: Any) -> Any:
+def whole_numbers(value: Any) -> Any:
     """Protobuf carries every number as a double; give integers back their type (replicas: 2, not 2.0)."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, dict):
-        return {k: _whole_numbers(v) for k, v in value.items()}
+        return {k: whole_numbers(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_whole_numbers(v) for v in value]
+        return [whole_numbers(v) for v in value]
     return value
 
 
@@ -202,9 +205,9 @@ def run_program(stack: str, config: dict, secret_keys: set[str], root: Path = RO
         logger = logging.getLogger(f"dynctl.engine.{id(run)}")
         logger.propagate = False
         logger.addHandler(_Collect(run))
-        mocks = _make_mocks(run)
+        mocks = make_mocks(run)
         pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview, logger=logger,
-                                 monitor=_make_monitor(mocks, run))
+                                 monitor=make_monitor(mocks, run))
         pulumi.runtime.set_all_config(
             {f"{PROJECT}:{k}": _engine_value(v) for k, v in config.items()},
             [f"{PROJECT}:{k}" for k in secret_keys],

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import requests
 
-from dynctl.kubeapi import KubeClient, KubeError
+from dynctl.kubeapi import KubeClient, KubeError, add_cluster_arguments
 
 GRAPH_LABEL = "nvidia.com/dynamo-graph-deployment-name"
 COMPONENT_LABEL = "nvidia.com/dynamo-component"
@@ -36,11 +36,7 @@ class Check:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("health", help="graph, frontend, workers, NATS and etcd health of a stack (twin or cluster)")
-    p.add_argument("--stack", required=True, help="stack name (dev, multinode, ...)")
-    p.add_argument("--kubeconfig", help="kubeconfig for the cluster (default $KUBECONFIG or ~/.kube/config)")
-    p.add_argument("--context", help="kubeconfig context (default: its current-context)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override as for render (repeatable)")
+    add_cluster_arguments(p)
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per probe (default 5)")
     p.set_defaults(func=run)
 

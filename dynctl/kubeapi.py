@@ -18,6 +18,15 @@ import requests
 import yaml
 
 
+def add_cluster_arguments(parser) -> None:
+    """The flags every cluster-facing command shares: --stack, --kubeconfig, --context, --set."""
+    parser.add_argument("--stack", required=True, help="stack name (dev, multinode, ...)")
+    parser.add_argument("--kubeconfig", help="kubeconfig file (default $KUBECONFIG or ~/.kube/config)")
+    parser.add_argument("--context", help="kubeconfig context (default: its current-context)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override as for render, e.g. workers.replicas=2 (repeatable)")
+
+
 class KubeError(Exception):
     """The API could not be reached or refused us; the message says which and why."""
 

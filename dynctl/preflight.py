@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from dynctl.kubeapi import KubeClient, KubeError
+from dynctl.kubeapi import KubeClient, KubeError, add_cluster_arguments
 
 GPU = "nvidia.com/gpu"
 GRAPH_LABEL = "nvidia.com/dynamo-graph-deployment-name"
@@ -20,11 +20,7 @@ GRAPH_LABEL = "nvidia.com/dynamo-graph-deployment-name"
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("preflight", help="check the cluster has free GPUs for the stack's workers")
-    p.add_argument("--stack", required=True, help="stack whose worker GPUs to place (e.g. dev, multinode)")
-    p.add_argument("--kubeconfig", help="kubeconfig file (default $KUBECONFIG or ~/.kube/config)")
-    p.add_argument("--context", help="kubeconfig context (default: its current-context)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override as for render, e.g. workers.replicas=2 (repeatable)")
+    add_cluster_arguments(p)
     p.set_defaults(func=run)
 
 

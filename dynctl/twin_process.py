@@ -144,9 +144,10 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-def http_get(url: str, timeout: float = 2.0, headers: dict | None = None) -> tuple[int, bytes] | None:
-    """(status, body), or None when nothing answers."""
-    req = urllib.request.Request(url, headers=headers or {})
+def http_get(url: str, timeout: float = 2.0, headers: dict | None = None,
+             data: bytes | None = None) -> tuple[int, bytes] | None:
+    """(status, body) of a GET (or a POST when `data` is given), or None when nothing answers."""
+    req = urllib.request.Request(url, data=data, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, resp.read()
@@ -157,14 +158,7 @@ def http_get(url: str, timeout: float = 2.0, headers: dict | None = None) -> tup
 
 
 def http_post_json(url: str, body: bytes, timeout: float = 5.0, headers: dict | None = None) -> tuple[int, bytes] | None:
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except (urllib.error.URLError, OSError):
-        return None
+    return http_get(url, timeout, {"Content-Type": "application/json", **(headers or {})}, data=body)
 
 
 def log_tail(path: Path | str, lines: int = 25) -> str:
