@@ -49,9 +49,6 @@ SECRET_USERNAME_KEY = "username"
 SECRET_PASSWORD_KEY = "password"
 HELM_RELEASE_NAME_MAX = 53
 
-# Discovery is chosen per graph with this annotation (the lab's dynamo.nvidia.com/* ones do not exist).
-DISCOVERY_ANNOTATION = "nvidia.com/dynamo-discovery-backend"
-
 
 class NatsArgs(TypedDict):
     """How NATS is installed."""
@@ -233,8 +230,6 @@ class Coordination(pulumi.ComponentResource):
 
     env: list[dict[str, Any]]
     """EnvVars every Dynamo container must get (plain names and Secret references only)."""
-    annotations: dict[str, str]
-    """Annotations for the DynamoGraphDeployment (the discovery backend)."""
     releases: list[pulumi.Resource]
     """The Helm releases: make the graph depend on them so it starts after NATS/etcd are ready."""
     peers: list[CoordinationPeer]
@@ -256,7 +251,6 @@ class Coordination(pulumi.ComponentResource):
             raise ValueError("discovery 'etcd' needs etcd; allowed: set etcd or external_etcd, or discovery 'kubernetes'")
         labels = {LABEL_GRAPH: graph, "app.kubernetes.io/part-of": "dynamo"}
         self.env, self.releases, self.peers, self.external_ports = [], [], [], []
-        self.annotations = {DISCOVERY_ANNOTATION: args["discovery"]}
         self.nats_url = self.etcd_endpoints = None
 
         if (nats := args.get("nats")) is not None:

@@ -85,7 +85,6 @@ def test_dynamo_env_names_the_servers_and_reads_credentials_from_the_secrets(cas
         assert values["ETCD_ENDPOINTS"] == "http://g-etcd.ns.svc:2379"
     for plane in PLANES:
         assert values.get(plane, "nats") == "nats"
-    assert rec.built.annotations == {"nvidia.com/dynamo-discovery-backend": case.discovery}
     assert len(rec.of_type(RELEASE)) == (case.nats is not None) + (case.etcd is not None)
 
 
