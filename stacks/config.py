@@ -320,9 +320,11 @@ def parse(raw: dict[str, Any], hf_token: Optional[pulumi.Output] = None) -> Stac
         raise ConfigError("etcd.enabled: etcd is only used for discovery; allowed: set discovery=etcd too, or etcd.enabled=false")
     if v["etcd.replicas"] % 2 == 0:
         raise ConfigError(f"etcd.replicas: {v['etcd.replicas']} is even (it survives no more failures than one member fewer); allowed values: 1, 3, 5")
-    if v["workers.nodeCount"] > 1 and v["modelCache.enabled"] and not v["modelCache.hostPath"] \
-            and v["modelCache.accessMode"] != "ReadWriteMany":
-        raise ConfigError("modelCache.accessMode: a worker spanning several nodes needs a shared cache; "
+    shared_claim = v["modelCache.enabled"] and not v["modelCache.hostPath"]
+    if shared_claim and v["modelCache.accessMode"] != "ReadWriteMany" and (
+            v["workers.nodeCount"] > 1 or v["topology"] == "multinode"):
+        # A ReadWriteOnce claim attaches to one node: workers on any other node would stay Pending.
+        raise ConfigError("modelCache.accessMode: workers on several nodes need a shared cache; "
                           "allowed values: ReadWriteMany (or set modelCache.hostPath, or modelCache.enabled=false)")
 
     image = v["dynamo.image"] or f"nvcr.io/nvidia/ai-dynamo/vllm-runtime:{version}"

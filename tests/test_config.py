@@ -60,6 +60,7 @@ BAD = [
     Bad({"frontend": {"replica": 2}}, "frontend.replica", "frontend.replicas"),
     Bad({"wrokers": {"replicas": 2}}, "wrokers.replicas", "known sections"),
     Bad({"workers": {"nodeCount": 2}}, "modelCache.accessMode", "ReadWriteMany"),
+    Bad({"topology": "multinode"}, "modelCache.accessMode", "ReadWriteMany"),
     Bad({"modelCache": {"hostPath": "cache"}}, "modelCache.hostPath", "absolute"),
 ]
 
