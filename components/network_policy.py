@@ -11,8 +11,8 @@ Flows allowed (everything else is dropped once a pod is selected):
 - workers: any port from the graph's own pods (request-plane, KV-event and NIXL ports are
   dynamic); the system/metrics port 9090 from Prometheus.
 - egress of every graph pod: DNS, the graph's own pods, NATS/etcd client ports (an external
-  etcd's ports anywhere), the API server (only with Kubernetes discovery, which watches it);
-  workers also HTTPS (443) to download models from Hugging Face.
+  etcd's ports anywhere), the API server (only with Kubernetes discovery, which watches it),
+  and HTTPS (443) to Hugging Face: workers download weights, the frontend the tokenizer.
 - NATS / etcd servers: client port from the graph's pods, metrics port from Prometheus, their
   own peers on the cluster ports.
 """
@@ -97,6 +97,8 @@ def policy_specs(args: GraphNetworkPoliciesArgs) -> dict[str, dict[str, Any]]:
         # An external etcd has no labels we know: its ports, at any address or in any namespace
         # (some CNIs never match pod addresses with ipBlock).
         egress.append({"to": ANYWHERE + [{"namespaceSelector": {}}], "ports": tcp(*args["external_ports"])})
+    # Hugging Face has no fixed addresses: HTTPS anywhere (workers: weights; frontend: tokenizer).
+    egress.append({"to": ANYWHERE, "ports": tcp(HTTPS_PORT)})
     if args["discovery"] == "kubernetes":
         cidrs = args.get("api_server_cidrs")
         to = [{"ipBlock": {"cidr": c}} for c in cidrs] if cidrs else ANYWHERE
@@ -116,9 +118,8 @@ def policy_specs(args: GraphNetworkPoliciesArgs) -> dict[str, dict[str, Any]]:
         },
         "workers": {
             "podSelector": worker_pods(graph),
-            "policyTypes": ["Ingress", "Egress"],
+            "policyTypes": ["Ingress"],
             "ingress": worker_ingress,
-            "egress": [{"to": ANYWHERE, "ports": tcp(HTTPS_PORT)}],
         },
         "egress": {"podSelector": graph_pods(graph), "policyTypes": ["Egress"], "egress": egress},
     }

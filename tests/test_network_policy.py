@@ -190,6 +190,7 @@ FLOWS = [
     Flow("frontend -> dns", FRONTEND, DNS, 53, True, "UDP"),
     Flow("worker -> dns over tcp", WORKER, DNS, 53, True, "TCP"),
     Flow("worker -> hugging face", WORKER, HUGGING_FACE, 443, True),
+    Flow("frontend -> hugging face (tokenizer)", FRONTEND, HUGGING_FACE, 443, True),
     Flow("worker -> plain http", WORKER, INTERNET, 80, False),
     Flow("frontend -> stranger pod", FRONTEND, STRANGER, 8080, False),
     Flow("worker -> prometheus", WORKER, PROMETHEUS, 9090, False),
@@ -208,11 +209,11 @@ def test_multinode_allows_exactly_the_graph_flows(multinode, flow):
 @pytest.mark.parametrize("stack, component, kind, port, expected", [
     # Kubernetes discovery watches the API server; with etcd discovery no pod needs it.
     ("multinode", "Frontend", "frontend", 6443, False),
-    ("multinode", "Frontend", "frontend", 443, False),
+    ("multinode", "VllmWorker", "worker", 6443, False),
     ("dev", "Frontend", "frontend", 6443, True),
     ("dev", "Frontend", "frontend", 443, True),
     ("dev", "VllmWorker", "worker", 6443, True),
-], ids=["etcd discovery: frontend 6443", "etcd discovery: frontend 443", "kubernetes discovery: frontend 6443",
+], ids=["etcd discovery: frontend 6443", "etcd discovery: worker 6443", "kubernetes discovery: frontend 6443",
         "kubernetes discovery: frontend 443", "kubernetes discovery: worker 6443"])
 def test_api_server_is_reachable_only_with_kubernetes_discovery(stack, component, kind, port, expected):
     result = rendered(stack)
@@ -248,8 +249,8 @@ def test_without_monitoring_nobody_scrapes_the_workers():
 def test_api_server_cidrs_narrow_the_control_plane_rule():
     args = {"namespace": "dynamo", "graph_name": "vllm-dp", "discovery": "kubernetes", "api_server_cidrs": ["10.96.0.1/32"]}
     policies = [{"metadata": {"namespace": "dynamo", "name": n}, "spec": s} for n, s in policy_specs(args).items()]
-    assert allowed(policies, FRONTEND, API_SERVER, 443)
-    assert not allowed(policies, FRONTEND, INTERNET, 443)
+    assert allowed(policies, FRONTEND, API_SERVER, 6443)
+    assert not allowed(policies, FRONTEND, INTERNET, 6443)
 
 
 @pytest.mark.parametrize("stack", ["dev", "multinode"])
@@ -300,4 +301,4 @@ def test_an_external_etcd_is_reachable_on_its_ports_only():
     in_cluster_etcd = pod("infra", **{"app.kubernetes.io/name": "etcd"})
     assert allowed(policies, frontend, in_cluster_etcd, 12379) and allowed(policies, worker, External("192.0.2.10"), 12379)
     assert not allowed(policies, frontend, in_cluster_etcd, 2379)
-    assert not allowed(policies, frontend, External("192.0.2.10"), 443), "etcd discovery: no API server rule"
+    assert not allowed(policies, frontend, External("192.0.2.10"), 6443), "etcd discovery: no API server rule"
