@@ -5,7 +5,9 @@ real frontend for each frontend replica and Dynamo's mocker (a simulated vLLM en
 worker replica, with the frontend's env and flags and the workers' model and engine flags taken
 from the rendered DynamoGraphDeployment. A shared directory stands in for Kubernetes-native
 discovery; when the graph uses etcd and/or NATS the real servers run on 127.0.0.1 with
-authentication on. `--monitoring` adds Prometheus with the stack's PodMonitors and alert rules.
+authentication on. With the ZMQ event plane an XSUB/XPUB broker (role zmq-broker) on 127.0.0.1
+carries Dynamo's events, so nothing listens beyond loopback. `--monitoring` adds Prometheus with
+the stack's PodMonitors and alert rules.
 
 Python API (used by smoke/traffic/health and the tests): up(), status(), down(), load_state().
 State: `<state_dir>/<stack>/state.json` (default state_dir `<repo>/.twin`, or $DYNCTL_TWIN_HOME).
@@ -30,7 +32,8 @@ from dynctl.twin_graph import (
 )
 from dynctl.twin_process import LOOPBACK, free_port, http_get, log_tail, port_in_use, running, spawn, stop_all
 from dynctl.twin_servers import (
-    Server, ServerError, enable_etcd_auth, start_etcd, start_nats, start_nats_exporter, start_prometheus, wait_scraped,
+    Server, ServerError, enable_etcd_auth, start_etcd, start_nats, start_nats_exporter, start_prometheus,
+    start_zmq_broker, wait_scraped,
 )
 
 READY_TIMEOUT = float(os.environ.get("DYNCTL_TWIN_READY_TIMEOUT", "120"))
@@ -42,7 +45,7 @@ LOOPBACK_ENV = {
 }
 # Set by the twin for each process; values in the graph are the pod's and mean nothing here.
 TWIN_OWNED_ENV = {"DYN_SYSTEM_PORT", "DYN_HTTP_PORT", "DYN_DISCOVERY_BACKEND", "DYN_FILE_KV", "HF_HOME", "HOME",
-                  "ETCD_ENDPOINTS", *LOOPBACK_ENV}
+                  "ETCD_ENDPOINTS", "DYN_ZMQ_BROKER_URL", *LOOPBACK_ENV}
 
 
 class TwinError(RuntimeError):
@@ -86,7 +89,7 @@ def _record(server: Server) -> dict:
 def _stop(procs: list[dict | Server]) -> None:
     """Stop Dynamo and Prometheus together, then the servers they use (workers deregister from etcd on the way out)."""
     records = [p if isinstance(p, dict) else _record(p) for p in procs]
-    for tier in (("prometheus", "frontend", "worker"), ("nats", "etcd")):
+    for tier in (("prometheus", "frontend", "worker"), ("nats", "etcd", "zmq-broker")):
         stop_all([(r["pid"], r.get("started", "")) for r in records if r["role"] in tier])
     for r in records:
         if r.get("data_dir"):
@@ -131,7 +134,7 @@ def _component_env(component, generated: dict[SecretValue, str]) -> dict[str, st
 def _consistent(envs: list[dict[str, str]], name: str) -> str | None:
     values = {e[name] for e in envs if e.get(name)}
     if len(values) > 1:
-        raise TwinError(f"the graph's components disagree on {name}; every pod must get the same credential")
+        raise TwinError(f"the graph's components disagree on {name}; every pod must get the same value")
     return values.pop() if values else None
 
 
@@ -197,7 +200,7 @@ def up_from_objects(stack: str, objects: list[dict], port: int | None = None, kv
     servers: list[Server] = []
     t0 = time.monotonic()
     try:
-        dynamo_env = _servers_and_env(plan, rd, base, servers, echo)
+        dynamo_env = _servers_and_env(plan, python, rd, base, servers, echo)
         state["processes"] = [_record(s) for s in servers]
         _save_state(stack, state_dir, state)
         started = _start_dynamo(plan, python, model_dir, rd, dynamo_env, frontend_port, kv_blocks, servers)
@@ -232,8 +235,9 @@ def up_from_objects(stack: str, objects: list[dict], port: int | None = None, kv
     return state
 
 
-def _servers_and_env(plan: TwinPlan, rd: Path, base: dict, servers: list[Server], echo) -> dict[str, dict[str, str]]:
-    """Start etcd/NATS when the graph uses them; returns each Dynamo component's env."""
+def _servers_and_env(plan: TwinPlan, python: Path, rd: Path, base: dict, servers: list[Server],
+                     echo) -> dict[str, dict[str, str]]:
+    """Start etcd/NATS (or the ZMQ event broker) as the graph needs them; returns each Dynamo component's env."""
     generated: dict[SecretValue, str] = {}
     components = [plan.frontend, *plan.workers]
     envs = {c.name: _component_env(c, generated) for c in components}
@@ -241,9 +245,14 @@ def _servers_and_env(plan: TwinPlan, rd: Path, base: dict, servers: list[Server]
     shared: dict[str, str] = {"DYN_DISCOVERY_BACKEND": plan.discovery}
     if plan.discovery == "file":
         shared["DYN_FILE_KV"] = str(rd / "discovery")
-    if not plan.uses_nats and not any(e.get("DYN_EVENT_PLANE") for e in every):
+    event_plane = _consistent(every, "DYN_EVENT_PLANE")
+    if not event_plane and not plan.uses_nats:
         # Dynamo defaults the event plane to NATS with etcd discovery; without NATS in the graph, ZMQ.
-        shared["DYN_EVENT_PLANE"] = "zmq"
+        event_plane = shared["DYN_EVENT_PLANE"] = "zmq"
+    if event_plane == "zmq":
+        # Direct ZMQ publishers bind 0.0.0.0 (hard-coded in Dynamo 1.6.1); through a broker on
+        # 127.0.0.1 they connect out instead and nothing of Dynamo's listens for events.
+        _, shared["DYN_ZMQ_BROKER_URL"] = start_zmq_broker(rd, base, python, servers)
 
     if plan.discovery == "etcd":
         user = _consistent(every, ETCD_USER)

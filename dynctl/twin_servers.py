@@ -1,4 +1,4 @@
-"""The real etcd, NATS and Prometheus servers the twin runs on 127.0.0.1.
+"""The real etcd, NATS and Prometheus servers (and the ZMQ event broker) the twin runs on 127.0.0.1.
 
 Authentication is always on: etcd gets its users through its own API (it stores only hashes), and
 nats-server reads its credentials from environment variables referenced in its config file, so no
@@ -204,3 +204,20 @@ def start_nats_exporter(run_dir: Path, env: dict[str, str], nats: Server, starte
     started.append(server)
     _wait(server, lambda: (r := http_get(server.health_url)) is not None and r[0] == 200, "the NATS exporter")
     return server
+
+
+def start_zmq_broker(run_dir: Path, env: dict[str, str], python: Path, started: list[Server]) -> tuple[Server, str]:
+    """The XSUB/XPUB proxy for Dynamo's ZMQ event plane (see twin_zmq_broker.py).
+
+    Returns the server and the value for Dynamo's DYN_ZMQ_BROKER_URL.
+    """
+    xsub, xpub, health = free_port(), free_port(), free_port()
+    script = Path(__file__).with_name("twin_zmq_broker.py")
+    log = run_dir / "logs" / "zmq-broker.log"
+    argv = [str(python), str(script), "--xsub-port", str(xsub), "--xpub-port", str(xpub), "--health-port", str(health)]
+    pid, t0 = spawn(argv, env, log, run_dir)
+    xpub_url = f"tcp://{LOOPBACK}:{xpub}"
+    server = Server("zmq-broker", "zmq-broker", pid, t0, xpub_url, f"http://{LOOPBACK}:{health}/health", str(log))
+    started.append(server)
+    _wait(server, lambda: (r := http_get(server.health_url)) is not None and r[0] == 200, "the ZMQ event broker")
+    return server, f"xsub=tcp://{LOOPBACK}:{xsub} , xpub={xpub_url}"

@@ -98,6 +98,40 @@ def listening_addresses(pid: int) -> set[str]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """pid and every process below it (Dynamo and Prometheus may fork helpers)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                ppid = int(Path(entry, "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo += children.get(found[-1], [])
+    return found
+
+
+def twin_listening_hosts(state: dict) -> dict[str, set[str]]:
+    """Every address the twin's processes (and their children) listen on, keyed by process name."""
+    out = {}
+    for proc in state["processes"]:
+        addresses = set()
+        for pid in descendants(proc["pid"]):
+            with contextlib.suppress(OSError):  # a helper that exited meanwhile
+                addresses |= listening_addresses(pid)
+        out[proc["name"]] = addresses
+    return out
+
+
+def assert_loopback_only(state: dict) -> None:
+    listening = twin_listening_hosts(state)
+    assert all(listening.values()), listening  # every server was found listening: the check sees them
+    elsewhere = {name: sorted(a for a in addrs if a.rsplit(":", 1)[0] != "127.0.0.1") for name, addrs in listening.items()}
+    assert not any(elsewhere.values()), elsewhere
+
+
 def by_role(state: dict, role: str) -> list[dict]:
     return [p for p in state["processes"] if p["role"] == role]
 
@@ -168,7 +202,14 @@ def test_dev_twin_serves_the_graph_and_down_leaves_nothing(twin_home, dev):
         listed = json.loads(shown.stdout)
         assert [p["pid"] for p in listed["processes"]] == [p["pid"] for p in state["processes"]]
         assert {p["health"] for p in listed["processes"]} <= {"ready", "healthy"}
-        assert all(p["endpoint"].startswith("http://127.0.0.1:") for p in listed["processes"])
+        assert all(urllib.parse.urlsplit(p["endpoint"]).hostname == "127.0.0.1" for p in listed["processes"])
+
+        # Nothing listens beyond loopback, KV-event publishers included: the ZMQ event plane runs
+        # through the twin's broker on 127.0.0.1 (without it Dynamo 1.6.1 binds them to 0.0.0.0).
+        (broker,) = by_role(state, "zmq-broker")
+        for proc in workers + frontends:
+            assert process_env(proc["pid"])["DYN_ZMQ_BROKER_URL"].endswith(f"xpub={broker['endpoint']}")
+        assert_loopback_only(state)
 
         # A second `up` of the same stack is refused while it runs.
         with pytest.raises(twin.TwinError, match="already running"):
@@ -292,10 +333,10 @@ def test_multinode_twin_runs_over_nats_and_etcd_with_auth(twin_home, multinode):
         status, reply = chat(state, "hello over nats", max_tokens=3)
         assert status == 200 and reply["usage"]["completion_tokens"] == 3
 
-        # With NATS carrying events and requests, every server listens on loopback only. (Dev's ZMQ
-        # event plane cannot: Dynamo 1.6.1 binds its ZMQ publishers to 0.0.0.0.)
-        addresses = {a for p in state["processes"] for a in listening_addresses(p["pid"])}
-        assert addresses and {a.rsplit(":", 1)[0] for a in addresses} == {"127.0.0.1"}
+        # With NATS carrying events and requests, every server listens on loopback only (and no
+        # ZMQ broker runs: events go through NATS).
+        assert not by_role(state, "zmq-broker")
+        assert_loopback_only(state)
 
         # No credential the pods get is written anywhere in the twin's state, configs or logs.
         secrets = [worker_env[k] for k in ("ETCD_AUTH_USERNAME", "ETCD_AUTH_PASSWORD", "NATS_AUTH_USERNAME", "NATS_AUTH_PASSWORD")]
