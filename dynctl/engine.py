@@ -52,6 +52,8 @@ class Run:
     warnings: list[str] = field(default_factory=list)
     secret_values: list[str] = field(default_factory=list)
     """Plain values of every secret the run saw (so callers can prove none leaks)."""
+    thread_loops: set = field(default_factory=set)
+    """Event loops the SDK's mock monitor made in executor threads (closed when the run ends)."""
 
 
 # ---------------------------------------------------------------- config
@@ -146,6 +148,8 @@ def make_monitor(mocks, run: Run):
     class RecordingMonitor(MockMonitor):
         def RegisterResource(self, request):
             response = super().RegisterResource(request)
+            # The SDK gives each executor thread its own loop and never closes it: remember it.
+            run.thread_loops.add(_current_loop())
             if request.type != "pulumi:pulumi:Stack":
                 run.resources.append(Recorded(
                     type=request.type,
@@ -226,16 +230,18 @@ def run_program(stack: str, config: dict, secret_keys: set[str], root: Path = RO
     try:
         contextvars.Context().run(go)
     finally:
+        loop.run_until_complete(loop.shutdown_default_executor())
+        for thread_loop in run.thread_loops - {None, previous}:
+            thread_loop.close()
         asyncio.set_event_loop(previous)
         loop.close()
     return run
 
 
 def _current_loop() -> Optional[asyncio.AbstractEventLoop]:
-    try:
-        return asyncio.get_event_loop_policy().get_event_loop()
-    except RuntimeError:
-        return None
+    """The thread's current loop without creating one (get_event_loop() would make a new, leaked loop)."""
+    local = getattr(asyncio.get_event_loop_policy(), "_local", None)
+    return getattr(local, "_loop", None)
 
 
 # ---------------------------------------------------------------- secrets

@@ -16,7 +16,6 @@ State: `<state_dir>/<stack>/state.json` (default state_dir `<repo>/.twin`, or $D
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import secrets
@@ -150,9 +149,6 @@ def up(stack: str, sets: list[str] | tuple[str, ...] = (), port: int | None = No
         rendered = render_stack(stack, list(sets))
     except ConfigError as error:
         raise TwinError(f"stack {stack!r}: {error}") from None
-    # Rendering leaves Pulumi's unreferenced event loops behind; finalize them now, while their
-    # sockets are intact, not in interpreter teardown (which prints a spurious traceback).
-    gc.collect()
     return up_from_objects(stack, rendered.objects, port=port, kv_blocks=kv_blocks, monitoring=monitoring,
                            state_dir=state_dir, echo=echo)
 
