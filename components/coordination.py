@@ -24,7 +24,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from components.dynamo_release import release
-from components.graph import LABEL_GRAPH
+from components.graph import object_labels
 
 NATS_REPO = "https://nats-io.github.io/k8s/helm/charts/"
 NATS_CHART_VERSION = "2.14.2"
@@ -249,7 +249,7 @@ class Coordination(pulumi.ComponentResource):
             raise ValueError("etcd is both installed and external; allowed: one of etcd or external_etcd")
         if args["discovery"] == "etcd" and args.get("etcd") is None and external is None:
             raise ValueError("discovery 'etcd' needs etcd; allowed: set etcd or external_etcd, or discovery 'kubernetes'")
-        labels = {LABEL_GRAPH: graph, "app.kubernetes.io/part-of": "dynamo"}
+        labels = object_labels(graph)
         self.env, self.releases, self.peers, self.external_ports = [], [], [], []
         self.nats_url = self.etcd_endpoints = None
 

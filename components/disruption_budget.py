@@ -13,7 +13,7 @@ from typing import Any, Optional, TypedDict
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.graph import LABEL_COMPONENT_TYPE, LABEL_GRAPH
+from components.graph import LABEL_COMPONENT_TYPE, LABEL_GRAPH, object_labels
 
 
 class ComponentReplicas(TypedDict):
@@ -62,7 +62,7 @@ class GraphDisruptionBudgets(pulumi.ComponentResource):
             k8s.policy.v1.PodDisruptionBudget(
                 f"{name}-{component_type}",
                 metadata={"name": budget_name, "namespace": args["namespace"],
-                          "labels": {LABEL_GRAPH: graph, "app.kubernetes.io/part-of": "dynamo"}},
+                          "labels": object_labels(graph)},
                 spec=spec,
                 opts=pulumi.ResourceOptions(parent=self),
             )

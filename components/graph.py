@@ -31,6 +31,11 @@ KV_EVENTS_CONFIG = json.dumps(
 )
 
 
+def object_labels(graph_name: str) -> dict[str, str]:
+    """Labels on every object this project creates for a graph (not its pods: the operator labels those)."""
+    return {LABEL_GRAPH: graph_name, "app.kubernetes.io/part-of": "dynamo"}
+
+
 def pod_selector(graph_name: str, component: str) -> dict[str, str]:
     """Labels that select the pods of one component of a graph, as the operator sets them."""
     return {LABEL_GRAPH: graph_name, LABEL_COMPONENT: component}

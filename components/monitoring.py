@@ -34,7 +34,7 @@ from typing import Any, NotRequired, Optional, TypedDict
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.graph import LABEL_COMPONENT_TYPE, LABEL_GRAPH
+from components.graph import LABEL_COMPONENT_TYPE, LABEL_GRAPH, object_labels
 
 DASHBOARD_FILE = Path(__file__).parent / "dashboards" / "dynamo.json"
 MONITORING_API = "monitoring.coreos.com/v1"
@@ -145,11 +145,7 @@ def _metadata(args: MonitoringArgs, name: str, namespace: str) -> dict[str, Any]
     return {
         "name": name,
         "namespace": namespace,
-        "labels": {
-            "release": args["prometheus_release"],
-            LABEL_GRAPH: args["graph_name"],
-            "app.kubernetes.io/part-of": "dynamo",
-        },
+        "labels": {"release": args["prometheus_release"], **object_labels(args["graph_name"])},
     }
 
 

@@ -25,7 +25,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.coordination import CoordinationPeer
-from components.graph import FRONTEND_PORT, LABEL_COMPONENT_TYPE, LABEL_GRAPH, WORKER_SYSTEM_PORT
+from components.graph import FRONTEND_PORT, LABEL_COMPONENT_TYPE, LABEL_GRAPH, WORKER_SYSTEM_PORT, object_labels
 
 WORKER_TYPES = ["worker", "prefill", "decode"]
 API_SERVER_PORTS = [443, 6443]
@@ -152,7 +152,7 @@ class GraphNetworkPolicies(pulumi.ComponentResource):
             k8s.networking.v1.NetworkPolicy(
                 f"{name}-{suffix}",
                 metadata={"name": policy_name, "namespace": args["namespace"],
-                          "labels": {LABEL_GRAPH: graph, "app.kubernetes.io/part-of": "dynamo"}},
+                          "labels": object_labels(graph)},
                 spec=spec,
                 opts=pulumi.ResourceOptions(parent=self),
             )

@@ -40,7 +40,7 @@ class RecordedKubeAPI:
                 status, body = api.routes.get(unquote(self.path), api.routes.get(urlsplit(self.path).path, (404, None)))
                 if body is None:
                     body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
-                            "message": f"the server could not find the requested resource", "code": 404}
+                            "message": "the server could not find the requested resource", "code": 404}
                 self._send(status, body)
 
             def _send(self, status, body):
