@@ -233,7 +233,9 @@ def run_program(stack: str, config: dict, secret_keys: set[str], root: Path = RO
         loop.run_until_complete(loop.shutdown_default_executor())
         for thread_loop in run.thread_loops - {None, previous}:
             thread_loop.close()
-        asyncio.set_event_loop(previous)
+        # Leave the thread as we found it; where it had no loop, give it a fresh one, as
+        # get_event_loop() would have (set_event_loop(None) would make later callers fail).
+        asyncio.set_event_loop(previous if previous is not None else asyncio.new_event_loop())
         loop.close()
     return run
 
