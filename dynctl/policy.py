@@ -38,13 +38,11 @@ from pulumi_policy import (
 from pulumi_policy.deserialize import deserialize_properties
 from pulumi_policy.proxy import UnknownValueError, unknown_checking_proxy
 
-from policies.dynamo_policies import PACK_NAME, POLICIES
+from policies.dynamo_policies import PACK_ENFORCEMENT_LEVEL, PACK_NAME, POLICIES
 from policies.dynamo_policies.shapes import describe
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "policies" / "config"
-# The pack's default when a policy sets none (as in policies/__main__.py).
-PACK_DEFAULT_LEVEL = EnforcementLevel.ADVISORY
 
 
 class UsageError(ValueError):
@@ -133,7 +131,7 @@ def enforcement_level(policy: Policy, config: dict[str, Any]) -> EnforcementLeve
         every = every.get("enforcementLevel")
     if isinstance(every, str):
         return EnforcementLevel(every)
-    return policy.enforcement_level or PACK_DEFAULT_LEVEL
+    return policy.enforcement_level or PACK_ENFORCEMENT_LEVEL
 
 
 def policy_properties(policy: Policy, config: dict[str, Any]) -> dict[str, Any]:

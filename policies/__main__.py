@@ -4,8 +4,8 @@ Only the PolicyPack lives here because its constructor serves gRPC and never ret
 policies are in `dynamo_policies` so tests and `python -m dynctl policy` can run them too.
 """
 
-from pulumi_policy import EnforcementLevel, PolicyPack
+from pulumi_policy import PolicyPack
 
-from dynamo_policies import PACK_NAME, POLICIES
+from dynamo_policies import PACK_ENFORCEMENT_LEVEL, PACK_NAME, POLICIES
 
-PolicyPack(name=PACK_NAME, policies=POLICIES, enforcement_level=EnforcementLevel.ADVISORY)
+PolicyPack(name=PACK_NAME, policies=POLICIES, enforcement_level=PACK_ENFORCEMENT_LEVEL)

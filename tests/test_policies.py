@@ -30,7 +30,7 @@ from conftest import rendered
 from dynctl import policy as runner
 from dynctl.__main__ import main as dynctl_main
 from dynctl.render import write as write_rendered
-from policies.dynamo_policies import PACK_NAME, POLICIES
+from policies.dynamo_policies import PACK_ENFORCEMENT_LEVEL, PACK_NAME, POLICIES
 from policies.dynamo_policies import settings as policy_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,7 +72,7 @@ class InProcess:
     """pulumi-policy's analyzer service called directly, as its gRPC server would."""
 
     def __init__(self):
-        self.servicer = _PolicyAnalyzerServicer(PACK_NAME, "0.1.0", POLICIES, EnforcementLevel.ADVISORY)
+        self.servicer = _PolicyAnalyzerServicer(PACK_NAME, "0.1.0", POLICIES, PACK_ENFORCEMENT_LEVEL)
 
     def __getattr__(self, method):
         return lambda request: getattr(self.servicer, method)(request, None)
