@@ -545,7 +545,7 @@ def test_rendered_manifests_give_the_same_verdict_as_the_stack(stack, tmp_path):
     config = runner.load_policy_config(REPO / "policies" / "config" / f"{stack}.json")
     from_manifests = runner.run_policies(
         runner.subjects_from_objects(runner.load_manifests(tmp_path / stack)), config)
-    from_stack = runner.run_policies(runner.subjects_from_stack(stack, []), config)
+    from_stack = runner.run_policies(runner.subjects_from_rendered(result), config)
     key = lambda fs: sorted((f.policy, f.level, f.resource) for f in fs)  # noqa: E731
     assert key(from_manifests) == key(from_stack)
     assert mandatory(from_manifests) == set()
