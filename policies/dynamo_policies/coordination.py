@@ -93,7 +93,11 @@ def _uses_nats(component) -> bool:
 
 
 def _check(args: StackValidationArgs, report: ReportViolation, service: str, policy: str,
-           needs) -> None:
+           needs, alternative: str = "") -> None:
+    """Report every graph that `needs` the service when the stack installs none.
+
+    `alternative` is one more way out, offered in the message after enabling the service.
+    """
     if cfg.settings(args, policy)["providedOutsideStack"]:
         return
     if service in installed_services(args.resources):
@@ -103,10 +107,9 @@ def _check(args: StackValidationArgs, report: ReportViolation, service: str, pol
             continue
         reason = needs(r)
         if reason:
-            existing = " or point it at an existing one (etcd.endpoints)" if service == "etcd" else ""
             report(f"{describe(r.resource_type, r.props, r.name)} {reason} but the stack "
                    f"installs no {service}. Enable {service} in the stack config ({service}.enabled)"
-                   f"{existing}, or set providedOutsideStack in the {policy} policy config when the "
+                   f"{alternative}, or set providedOutsideStack in the {policy} policy config when the "
                    "platform runs it.", r.urn)
 
 
@@ -131,7 +134,8 @@ def _needs_nats(r) -> str | None:
 
 
 def etcd_discovery_needs_etcd(args: StackValidationArgs, report: ReportViolation) -> None:
-    _check(args, report, "etcd", "etcd-discovery-needs-etcd", _needs_etcd)
+    _check(args, report, "etcd", "etcd-discovery-needs-etcd", _needs_etcd,
+           alternative=" or point it at an existing one (etcd.endpoints)")
 
 
 def nats_planes_need_nats(args: StackValidationArgs, report: ReportViolation) -> None:
