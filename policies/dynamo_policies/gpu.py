@@ -91,7 +91,7 @@ def frontend_no_gpus(args: ResourceValidationArgs, report: ReportViolation) -> N
     if not is_graph(args.resource_type):
         return
     for c in graph_components(args.resource_type, args.props):
-        if c.type != "frontend":
+        if not c.is_frontend:
             continue
         for label, value in (("limit", c.gpu_limit), ("request", c.gpu_request)):
             count = to_count(value) if value is not None else 0

@@ -49,7 +49,7 @@ def kv_routing_frontend_replicas(args: ResourceValidationArgs, report: ReportVio
         return
     limit = cfg.settings(args, "kv-routing-frontend-replicas")["maxKvFrontendReplicas"]
     for c in graph_components(args.resource_type, args.props):
-        if c.type == "frontend" and _router_mode(c) == "kv" and c.replicas > limit:
+        if c.is_frontend and _router_mode(c) == "kv" and c.replicas > limit:
             report(f"{describe(args.resource_type, args.props, args.name)} component {c.name} runs "
                    f"{c.replicas} frontend replicas with KV routing; above {limit} each frontend's "
                    "view of the KV caches goes stale and routing degrades. Use at most "
@@ -141,7 +141,7 @@ def workers_request_migration(args: ResourceValidationArgs, report: ReportViolat
         return
     frontend_on = any(_positive(c.env_value("DYN_MIGRATION_LIMIT")) or
                       _positive(c.flag("--migration-limit"))
-                      for c in components if c.type == "frontend")
+                      for c in components if c.is_frontend)
     worker_on = all(_positive(c.flag("--migration-limit")) or
                     _positive(c.env_value("DYN_MIGRATION_LIMIT")) for c in workers)
     release = _graph_release(components)

@@ -163,6 +163,10 @@ class Component:
         return self.type in WORKER_TYPES
 
     @property
+    def is_frontend(self) -> bool:
+        return self.type == FRONTEND_TYPE
+
+    @property
     def gpus(self) -> int | None:
         return to_count(self.gpu_limit) if self.gpu_limit is not None else None
 
