@@ -113,9 +113,10 @@ def _env_lists(resource_type: str, props: Mapping) -> list[tuple[str, object]]:
         spec = as_map(props.get("spec"))
         lists.append(("graph env", spec.get("env")))
         lists.append(("graph envs", spec.get("envs")))
-        for service_name, service in as_map(spec.get("services")).items():
-            lists.append((f"component {service_name} envs", as_map(service).get("envs")))
-        for c in graph_components(resource_type, props):
+        components = graph_components(resource_type, props)
+        # v1alpha1 services also carry env at service level (`envs`).
+        lists += [(f"component {c.name} envs", c.raw.get("envs")) for c in components if c.alpha]
+        for c in components:
             for container in c.containers:
                 lists.append((f"component {c.name} container {container.get('name', 'main')}",
                               container.get("env")))
