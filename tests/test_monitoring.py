@@ -26,8 +26,8 @@ import yaml
 
 from components import monitoring as mon
 from components.graph import LABEL_COMPONENT, LABEL_COMPONENT_TYPE, LABEL_GRAPH
-from tests.conftest import objects_of, rendered
-from tests.schemas import crd_schema
+from conftest import objects_of, rendered
+from schemas import crd_schema
 
 FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
