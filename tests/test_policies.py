@@ -628,6 +628,16 @@ def test_policy_pack_project_files():
     assert all("==" in r for r in requirements)
 
 
+def test_the_packs_label_and_annotation_names_are_the_programs():
+    # The pack runs from policies/ in its own venv (policies/requirements.txt) and cannot import
+    # components/, so it keeps copies; a drifted copy would make its policies miss real graphs.
+    from components import graph
+    from policies.dynamo_policies import operations, shapes
+
+    assert shapes.DISCOVERY_ANNOTATION == graph.DISCOVERY_ANNOTATION
+    assert operations.GRAPH_NAME_LABEL == graph.LABEL_GRAPH
+
+
 def test_policies_are_unique_and_documented():
     names = [p.name for p in POLICIES]
     assert len(names) == len(set(names)) == 13
