@@ -119,7 +119,7 @@ def model_cache_hostpath_prefix(args: ResourceValidationArgs, report: ReportViol
 
 
 def _positive(value) -> bool:
-    count = to_count(value) if value is not None else None
+    count = to_count(value)
     return bool(count and count > 0)
 
 

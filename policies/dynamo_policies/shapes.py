@@ -168,7 +168,7 @@ class Component:
 
     @property
     def gpus(self) -> int | None:
-        return to_count(self.gpu_limit) if self.gpu_limit is not None else None
+        return to_count(self.gpu_limit)
 
     @property
     def command_line(self) -> list[str]:
@@ -229,7 +229,7 @@ def _node_count(multinode: Any) -> int:
 
 def _replicas(value: Any) -> int:
     # The operator runs one replica when none is given.
-    count = to_count(value) if value is not None else 1
+    count = to_count(value)
     return count if count is not None else 1
 
 
