@@ -14,6 +14,7 @@ prompt length and output length (ignore_eos so every request yields max tokens).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import resource
 import subprocess
@@ -23,7 +24,7 @@ from pathlib import Path
 from common import row, scrape, server_mean_ms, twin_up
 
 from dynctl import twin_install
-from dynctl.traffic import Target, make_prompts, run_sync, run_workload, stream_chat
+from dynctl.traffic import Target, make_prompts, run_workload, stream_chat
 
 TTFT = "dynamo_frontend_time_to_first_token_seconds"
 DURATION = "dynamo_frontend_request_duration_seconds"
@@ -37,7 +38,7 @@ def cpu_seconds() -> float:
 def ours(state: dict, concurrency: int, requests: int, max_tokens: int) -> dict:
     target = Target.parse(state["url"])
     before, cpu0 = scrape(state["url"]), cpu_seconds()
-    rep = run_sync(run_workload(target, state["model"], make_prompts(requests), concurrency, max_tokens))
+    rep = asyncio.run(run_workload(target, state["model"], make_prompts(requests), concurrency, max_tokens))
     cpu, after = cpu_seconds() - cpu0, scrape(state["url"])
     return {"client": "dynctl traffic", "ttft": rep.ttft_ms["mean"], "ttft_p50": rep.ttft_ms["p50"],
             "server_ttft": server_mean_ms(before, after, TTFT), "latency": rep.latency_ms["mean"],
@@ -78,7 +79,7 @@ def main() -> int:
 
     results = []
     with twin_up(args.stack) as state:
-        probe = run_sync(stream_chat(Target.parse(state["url"]), state["model"], make_prompts(1)[0], 4))
+        probe = asyncio.run(stream_chat(Target.parse(state["url"]), state["model"], make_prompts(1)[0], 4))
         isl = probe.prompt_tokens  # aiperf gets prompts as long as ours
         for c in (int(x) for x in args.concurrency.split(",")):
             n = max(30, c * args.per_slot)

@@ -13,18 +13,19 @@ best: every request after the first of its prefix served its whole shared prefix
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 from common import row, twin_up
 
 from dynctl.render import render_stack
-from dynctl.traffic import Target, make_workload, run_sync, run_workload, stream_chat
+from dynctl.traffic import Target, make_workload, run_workload, stream_chat
 
 
 def measure(stack: str, sets: list[str], kv_blocks: int, workload, args):
     with twin_up(stack, sets, kv_blocks=kv_blocks) as state:
         prompts = [p for _, p in workload]
-        report = run_sync(run_workload(Target.parse(state["url"]), state["model"], prompts, args.concurrency,
-                                          args.max_tokens))
+        report = asyncio.run(run_workload(Target.parse(state["url"]), state["model"], prompts, args.concurrency,
+                                             args.max_tokens))
         return state, report
 
 
@@ -38,7 +39,7 @@ def words_for_tokens(stack: str, tokens: int) -> int:
         sizes = []
         for words in (0, 200):
             prompt = make_workload(1, 1, words, seed=1)[0][1] if words else make_workload(1)[0][1]
-            r = run_sync(stream_chat(target, state["model"], prompt, 1))
+            r = asyncio.run(stream_chat(target, state["model"], prompt, 1))
             sizes.append(r.prompt_tokens)
     per_word = (sizes[1] - sizes[0]) / 200
     return max(1, round(tokens / per_word))

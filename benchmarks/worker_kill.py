@@ -11,10 +11,11 @@ inside its 200 stream (which is how Dynamo reports a dead worker mid-stream).
 from __future__ import annotations
 
 import argparse
+import asyncio
 
 from common import kill_worker, row, twin_up
 
-from dynctl.traffic import Target, make_prompts, run_sync, run_workload
+from dynctl.traffic import Target, make_prompts, run_workload
 
 SETTINGS = (
     ("migration on (stack default)", []),
@@ -57,7 +58,7 @@ def main() -> int:
         for _ in range(args.runs):
             with twin_up(args.stack, sets) as state:
                 limit = state["migration_limit"]
-                report, _killed = run_sync(traffic_with_kill(state, args))
+                report, _killed = asyncio.run(traffic_with_kill(state, args))
             failed.append(report.failed)
             for err, n in report.errors.items():
                 errors[err] = errors.get(err, 0) + n

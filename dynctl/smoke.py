@@ -9,9 +9,10 @@ and a non-zero exit code.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import time
 
-from dynctl.traffic import LAB_PROMPT, Target, describe_error, get_json, run_sync, stream_chat
+from dynctl.traffic import LAB_PROMPT, Target, describe_error, get_json, stream_chat
 
 SMOKE_MAX_TOKENS = 64  # the lab's smoke request
 
@@ -63,7 +64,7 @@ def run(args) -> int:
     except Exception as e:  # config errors, missing stack, bad URL: all one line
         print(f"FAIL target: {e}")
         return 2
-    return run_sync(smoke(target, args.model or stack_model, args.timeout))
+    return asyncio.run(smoke(target, args.model or stack_model, args.timeout))
 
 
 async def smoke(target: Target, model: str | None, timeout: float) -> int:

@@ -417,18 +417,6 @@ async def run_workload(target: Target, model: str, prompts: list[str], concurren
     return build_report(results, time.perf_counter() - t0)
 
 
-def run_sync(coro):
-    """Run a coroutine on a private event loop.
-
-    asyncio.run() would also unset the thread's default loop afterwards, and the in-process
-    Pulumi engine behind `render` (used by --stack) still needs one in the same process."""
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(coro)
-    finally:
-        loop.close()
-
-
 async def first_model(target: Target, timeout: float = 10.0) -> str:
     """The first model the frontend lists (what a user means when giving no --model)."""
     data = await get_json(target, "/v1/models", timeout=timeout)
@@ -475,7 +463,7 @@ def run(args) -> int:
         console.print(f"[red]{e}[/red]", soft_wrap=True)
         return 2
     try:
-        model = args.model or run_sync(first_model(target))
+        model = args.model or asyncio.run(first_model(target))
     except Exception as e:  # one line, whatever went wrong reaching the frontend
         console.print(f"[red]cannot list models at {target}: {describe_error(e, target)}[/red]", soft_wrap=True)
         return 1
@@ -492,8 +480,8 @@ def run(args) -> int:
             failed += 0 if r.ok else 1
             progress.update(task, advance=1, failed=failed)
 
-        report = run_sync(run_workload(target, model, prompts, args.concurrency, args.max_tokens,
-                                          args.timeout, on_done))
+        report = asyncio.run(run_workload(target, model, prompts, args.concurrency, args.max_tokens,
+                                             args.timeout, on_done))
 
     print_summary(report, model, target, args.concurrency, Console())
     if args.json:

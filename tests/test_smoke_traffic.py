@@ -5,6 +5,7 @@ inside an HTTP 200 stream, and a worker killed mid-run with and without request 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -187,8 +188,8 @@ def _traffic_killing_a_worker(state: dict) -> traffic.Report:
             os.kill(worker["pid"], signal.SIGKILL)
 
     prompts = traffic.make_prompts(40)
-    return traffic.run_sync(traffic.run_workload(traffic.Target.parse(state["url"]), state["model"], prompts,
-                                                 concurrency=8, max_tokens=200, timeout=60, on_done=on_done))
+    return asyncio.run(traffic.run_workload(traffic.Target.parse(state["url"]), state["model"], prompts,
+                                            concurrency=8, max_tokens=200, timeout=60, on_done=on_done))
 
 
 def test_killed_worker_loses_nothing_with_migration(dev_twin):
