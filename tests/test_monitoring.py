@@ -8,7 +8,6 @@ Metric names and labels are checked against /metrics text scraped from real proc
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import json
 import re
@@ -17,17 +16,15 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jsonschema
-import kubernetes_validate
 import promql_parser
-import pulumi
 import pytest
 import yaml
 
+import schemas
 from components import monitoring as mon
 from components.graph import LABEL_COMPONENT, LABEL_COMPONENT_TYPE, LABEL_GRAPH
 from conftest import objects_of, rendered
-from schemas import crd_schema
+from recording import record
 
 FIXTURES = Path(__file__).parent / "fixtures" / "metrics"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
@@ -70,31 +67,8 @@ def test_fixtures_hold_what_the_lab_promises():
 
 def run_component(args: mon.MonitoringArgs) -> tuple[list[dict], mon.Monitoring]:
     """Build the component under mocks; return the Kubernetes objects it registers, and itself."""
-    recorded: list[tuple[str, dict]] = []
-
-    class Mocks(pulumi.runtime.Mocks):
-        def new_resource(self, a: pulumi.runtime.MockResourceArgs):
-            recorded.append((a.typ, dict(a.inputs)))
-            return f"{a.name}-id", dict(a.inputs)
-
-        def call(self, a: pulumi.runtime.MockCallArgs):
-            return {}
-
-    built: dict = {}
-
-    def go() -> None:
-        pulumi.runtime.set_mocks(Mocks(), project="dynamo-distributed", stack="test", preview=False)
-
-        @pulumi.runtime.test
-        def make():
-            built["component"] = mon.Monitoring("mon", args)
-            return pulumi.Output.from_input(built["component"].dashboard_uid)
-
-        make()
-
-    contextvars.Context().run(go)  # fresh SDK settings per run
-    objects = [inputs for typ, inputs in recorded if typ.startswith("kubernetes:")]
-    return objects, built["component"]
+    rec = record(lambda: mon.Monitoring("mon", args))
+    return [r.inputs for r in rec.resources if r.type.startswith("kubernetes:")], rec.built
 
 
 BASE: mon.MonitoringArgs = {"namespace": "llm", "graph_name": "vllm-agg", "prometheus_release": "kube-prometheus-stack",
@@ -185,18 +159,6 @@ def check_queries(objects: list[dict], platform: bool = False) -> int:
     return checked
 
 
-def validate(obj: dict) -> None:
-    """Validate against the CRD schema (closed: unknown fields fail).
-
-    Not via jsonschema.validate: it first checks the schema itself, and the PrometheusRule CRD
-    carries a Go regex (`^(?i)(abort|warn)?$`) that Python's re refuses. The pattern only matters for
-    a field we never set."""
-    if obj["kind"] == "ConfigMap":
-        kubernetes_validate.validate(obj, "1.33", strict=True)
-        return
-    jsonschema.Draft202012Validator(crd_schema(obj["apiVersion"], obj["kind"])).validate(obj)
-
-
 def rule_file(objects: list[dict], tmp_path: Path, annotations: bool = True) -> Path:
     groups = [g for o in kinds(objects, "PrometheusRule") for g in o["spec"]["groups"]]
     if not annotations:
@@ -237,7 +199,7 @@ def test_monitors_keep_dynamo_labels_that_clash_with_target_labels(case):
 def test_objects_validate_against_the_crds(case):
     _, objects, _ = case
     for obj in objects:
-        validate(obj)
+        schemas.validate(obj)
 
 
 def test_queries_parse_and_use_only_exported_metrics(case):
@@ -429,7 +391,7 @@ def test_stack_objects_validate_and_queries_are_real(stack, tmp_path):
                or (o["kind"] == "ConfigMap" and "grafana_dashboard" in o["metadata"].get("labels", {}))]
     assert len(kinds(objects, "PrometheusRule")) == 1 and len(kinds(objects, "ConfigMap")) == 1
     for obj in objects:
-        validate(obj)
+        schemas.validate(obj)
     assert check_queries(objects) > 20
     result = promtool("check", "rules", str(rule_file(objects, tmp_path)), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
