@@ -93,11 +93,6 @@ def _signal_group(pid: int, sig: int) -> None:
         pass
 
 
-def stop(pid: int, started: str, grace: float = 10.0) -> None:
-    """SIGTERM the process group, SIGKILL what is left after `grace` seconds."""
-    stop_all([(pid, started)], grace)
-
-
 def stop_all(procs: list[tuple[int, str]], grace: float = 10.0) -> None:
     """Stop several processes at once: SIGTERM every group, wait together, SIGKILL the rest."""
     ours = []

@@ -124,12 +124,6 @@ def enable_etcd_auth(server: Server, user: str, password: str, root_password: st
             raise ServerError(f"configuring etcd authentication failed at {path}: {detail}")
 
 
-def etcd_anonymous_refused(endpoint: str) -> bool:
-    """True when etcd refuses a read without credentials (what an attacker without the Secret sees)."""
-    answer = http_post_json(f"{endpoint}/v3/kv/range", json.dumps({"key": _b64(b"v1/")}).encode())
-    return answer is not None and (answer[0] != 200 or b'"error"' in answer[1])
-
-
 NATS_CONFIG = """# Written by dynctl twin. Credentials come from the server's environment, never this file.
 listen: {host}:{port}
 http: {host}:{monitor}
