@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from dynctl import engine
+
 HELM_RELEASE_API = "helm.toolkit.fluxcd.io/v2"
 SOURCE_API = "source.toolkit.fluxcd.io/v1"
 RELEASE_TYPE = "kubernetes:helm.sh/v3:Release"
@@ -21,9 +23,7 @@ SOURCE_INTERVAL = "1h"
 RELEASE_INTERVAL = "10m"
 HELM_CHART_MEDIA_TYPE = "application/vnd.cncf.helm.chart.content.v1.tar+gzip"
 
-# Markers of Pulumi's wire format: a secret value and a value not known yet.
-_SECRET_SIG = "4dabf18193072939515e22adb298388d"
-_SECRET_VALUE = "1b47061264138c4ac30d75fd1eb44270"
+# Pulumi's wire-format marker of a value not known yet.
 _UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
 
 
@@ -71,26 +71,15 @@ def release_to_flux(inputs: dict[str, Any]) -> list[dict[str, Any]]:
     if isinstance(inputs.get("timeout"), int):
         spec["timeout"] = f"{inputs['timeout']}s"
     if values:
-        spec["values"] = _whole_numbers(values)
+        spec["values"] = engine.whole_numbers(values)
     release = {"apiVersion": HELM_RELEASE_API, "kind": "HelmRelease", "metadata": dict(metadata), "spec": spec}
     return [source, release]
 
 
-def _whole_numbers(value: Any) -> Any:
-    """Pulumi's wire format has only floats: write 7777, not 7777.0, where a chart expects an integer."""
-    if isinstance(value, dict):
-        return {k: _whole_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_whole_numbers(v) for v in value]
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
 def _refuse_secrets(value: Any, where: str) -> None:
+    if engine.is_secret(value):
+        raise FluxConversionError(f"{where} hold a secret; reference a Secret by name instead")
     if isinstance(value, dict):
-        if value.get(_SECRET_SIG) == _SECRET_VALUE:
-            raise FluxConversionError(f"{where} hold a secret; reference a Secret by name instead")
         for key, item in value.items():
             _refuse_secrets(item, f"{where}.{key}")
     elif isinstance(value, list):

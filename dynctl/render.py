@@ -18,10 +18,9 @@ from typing import Any
 
 import yaml
 
-from dynctl import engine
+from dynctl import engine, flux
 
 MARKER = ".dynctl-render"
-HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
 SECRET_TYPES = ("kubernetes:core/v1:Secret",)
 REDACTED_ANNOTATION = "dynamo-distributed/redacted"
 REDACTED_HEADER = (
@@ -89,9 +88,7 @@ def kubernetes_objects(resources: list[engine.Recorded]) -> list[dict]:
     for rec in resources:
         if not rec.custom or not rec.type.startswith("kubernetes:"):
             continue
-        if rec.type == HELM_RELEASE:
-            from dynctl import flux
-
+        if rec.type == flux.RELEASE_TYPE:
             objects.extend(flux.helm_release_objects(rec))
             continue
         inputs = redact_secret(rec.inputs) if rec.type in SECRET_TYPES else rec.inputs
