@@ -28,8 +28,11 @@ from dynctl import twin_install
 from dynctl.twin_graph import (
     ETCD_PASSWORD, ETCD_USER, NATS_PASSWORD, NATS_TOKEN, NATS_USER,
     GraphError, SecretValue, TwinPlan, expand, nats_url_credentials, plan_from_objects, with_local_address,
+    without_flags,
 )
-from dynctl.twin_process import LOOPBACK, free_port, http_get, log_tail, port_in_use, running, spawn, stop_all
+from dynctl.twin_process import (
+    LOOPBACK, answers_ok, free_port, http_get, log_tail, port_in_use, running, spawn, stop_all,
+)
 from dynctl.twin_servers import (
     Server, ServerError, enable_etcd_auth, start_etcd, start_nats, start_nats_exporter, start_prometheus,
     start_zmq_broker, wait_scraped,
@@ -292,7 +295,7 @@ def _start_dynamo(plan: TwinPlan, python: Path, model_dir: Path, rd: Path, envs:
     for w in plan.workers:
         args = list(plan.mocker_args[w.name])
         if kv_blocks is not None:
-            args = _drop_flag(args, "--num-gpu-blocks-override") + ["--num-gpu-blocks-override", str(kv_blocks)]
+            args = without_flags(args, {"--num-gpu-blocks-override"}) + ["--num-gpu-blocks-override", str(kv_blocks)]
         for i in range(w.replicas):
             system_port = free_port(below=32768)
             env = {**envs[w.name], "DYN_SYSTEM_PORT": str(system_port)}
@@ -318,17 +321,6 @@ def _start_dynamo(plan: TwinPlan, python: Path, model_dir: Path, rd: Path, envs:
     return started
 
 
-def _drop_flag(args: list[str], flag: str) -> list[str]:
-    out, i = [], 0
-    while i < len(args):
-        if args[i] == flag:
-            i += 2
-            continue
-        out.append(args[i])
-        i += 1
-    return out
-
-
 def _serves(url: str, model: str) -> bool:
     answer = http_get(url)
     if not answer or answer[0] != 200:
@@ -339,12 +331,6 @@ def _serves(url: str, model: str) -> bool:
         return False
 
 
-def _healthy(server: Server | dict) -> bool:
-    url = server.health_url if isinstance(server, Server) else server["health_url"]
-    answer = http_get(url, timeout=1.0)
-    return bool(answer and answer[0] == 200)
-
-
 def _wait_ready(plan: TwinPlan, state: dict, started: list[Server]) -> None:
     """Every frontend lists the model and every worker reports healthy, within READY_TIMEOUT."""
     deadline = time.monotonic() + READY_TIMEOUT
@@ -353,7 +339,7 @@ def _wait_ready(plan: TwinPlan, state: dict, started: list[Server]) -> None:
         for server in list(pending):
             if not running(server.pid, server.started):
                 raise TwinError(f"{server.name} exited during start-up; last log lines ({server.log}):\n{log_tail(server.log)}")
-            ok = _serves(server.health_url, plan.model) if server.role == "frontend" else _healthy(server)
+            ok = _serves(server.health_url, plan.model) if server.role == "frontend" else answers_ok(server.health_url, 1.0)
             if ok:
                 pending.remove(server)
         if not pending:
@@ -376,7 +362,7 @@ def _health(proc: dict, model: str) -> str:
         return "dead"
     if proc["role"] == "frontend":
         return "ready" if _serves(proc["health_url"], model) else "not-ready"
-    return "healthy" if _healthy(proc) else "unhealthy"
+    return "healthy" if answers_ok(proc["health_url"], 1.0) else "unhealthy"
 
 
 def status(stack: str, state_dir: Path | None = None) -> dict | None:

@@ -206,7 +206,8 @@ def _after_module(args: tuple[str, ...]) -> list[str]:
     return args_list[args_list.index("-m") + 2:] if "-m" in args_list else args_list
 
 
-def _without(args: list[str], flags: set[str]) -> list[str]:
+def without_flags(args: list[str], flags: set[str]) -> list[str]:
+    """args with every `--flag V` / `--flag=V` of `flags` removed."""
     out, i = [], 0
     while i < len(args):
         name = args[i].partition("=")[0]
@@ -265,7 +266,7 @@ def plan_from_objects(objects: list[dict]) -> TwinPlan:
     )
 
     # The frontend's own flags pass through; ports, hosts and discovery are the twin's.
-    frontend_args = _without(_after_module(frontend.args), _TWIN_FRONTEND_FLAGS)
+    frontend_args = without_flags(_after_module(frontend.args), _TWIN_FRONTEND_FLAGS)
     frontend_args += ["--router-mode", router_mode]
     if migration_limit:
         frontend_args += ["--migration-limit", str(migration_limit)]
