@@ -152,6 +152,12 @@ def http_get(url: str, timeout: float = 2.0, headers: dict | None = None,
         return None
 
 
+def answers_ok(url: str, timeout: float = 2.0) -> bool:
+    """True when a GET of url answers 200 (how every twin server reports healthy)."""
+    answer = http_get(url, timeout)
+    return bool(answer and answer[0] == 200)
+
+
 def http_post_json(url: str, body: bytes, timeout: float = 5.0, headers: dict | None = None) -> tuple[int, bytes] | None:
     return http_get(url, timeout, {"Content-Type": "application/json", **(headers or {})}, data=body)
 

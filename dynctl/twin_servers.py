@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dynctl.twin_process import LOOPBACK, free_port, http_get, http_post_json, log_tail, spawn, running
+from dynctl.twin_process import LOOPBACK, answers_ok, free_port, http_get, http_post_json, log_tail, spawn, running
 
 INSTALL_HINT = {
     "etcd": "sudo apt-get update && sudo apt-get install -y etcd-server",
@@ -54,7 +54,9 @@ class Server:
     """Data kept outside the state dir (etcd's, in memory); removed on stop."""
 
 
-def _wait(server: Server, ready, what: str, timeout: float = 20.0) -> None:
+def _wait(server: Server, what: str, timeout: float = 20.0, ready=None) -> None:
+    """Until ready() (default: the server's health URL answers 200); fails fast if the server exits."""
+    ready = ready or (lambda: answers_ok(server.health_url))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not running(server.pid, server.started):
@@ -98,7 +100,7 @@ def start_etcd(run_dir: Path, env: dict[str, str], started: list[Server]) -> Ser
     pid, t0 = spawn(argv, env, log, run_dir)
     server = Server("etcd", "etcd", pid, t0, url, f"{url}/health", str(log), data_dir=str(data))
     started.append(server)
-    _wait(server, lambda: (r := http_get(server.health_url)) is not None and r[0] == 200, "etcd")
+    _wait(server, "etcd")
     return server
 
 
@@ -149,7 +151,7 @@ def start_nats(run_dir: Path, env: dict[str, str], auth: dict[str, str], started
     pid, t0 = spawn([binary, "-c", str(conf)], server_env, log, run_dir)
     server = Server("nats", "nats", pid, t0, f"nats://{LOOPBACK}:{port}", f"http://{LOOPBACK}:{monitor}/healthz", str(log))
     started.append(server)
-    _wait(server, lambda: (r := http_get(server.health_url)) is not None and r[0] == 200, "nats-server")
+    _wait(server, "nats-server")
     return server
 
 
@@ -165,7 +167,7 @@ def start_prometheus(run_dir: Path, env: dict[str, str], config: Path, started: 
     pid, t0 = spawn(argv, env, log, run_dir)
     server = Server("prometheus", "prometheus", pid, t0, url, f"{url}/-/ready", str(log))
     started.append(server)
-    _wait(server, lambda: (r := http_get(server.health_url)) is not None and r[0] == 200, "prometheus", timeout=30)
+    _wait(server, "prometheus", timeout=30)
     return server
 
 
@@ -175,7 +177,8 @@ def wait_scraped(prometheus: Server) -> None:
     rate() ignores what a counter counted before its first scrape: traffic sent right after `up`
     must find every target scraped once already.
     """
-    _wait(prometheus, lambda: _all_scraped(prometheus.endpoint), "prometheus's first scrape of every target", timeout=30)
+    _wait(prometheus, "prometheus's first scrape of every target", timeout=30,
+          ready=lambda: _all_scraped(prometheus.endpoint))
 
 
 def _all_scraped(url: str) -> bool:
@@ -196,7 +199,7 @@ def start_nats_exporter(run_dir: Path, env: dict[str, str], nats: Server, starte
     url = f"http://{LOOPBACK}:{port}"
     server = Server("nats", "nats-exporter", pid, t0, url, f"{url}/metrics", str(log))
     started.append(server)
-    _wait(server, lambda: (r := http_get(server.health_url)) is not None and r[0] == 200, "the NATS exporter")
+    _wait(server, "the NATS exporter")
     return server
 
 
@@ -213,5 +216,5 @@ def start_zmq_broker(run_dir: Path, env: dict[str, str], python: Path, started: 
     xpub_url = f"tcp://{LOOPBACK}:{xpub}"
     server = Server("zmq-broker", "zmq-broker", pid, t0, xpub_url, f"http://{LOOPBACK}:{health}/health", str(log))
     started.append(server)
-    _wait(server, lambda: (r := http_get(server.health_url)) is not None and r[0] == 200, "the ZMQ event broker")
+    _wait(server, "the ZMQ event broker")
     return server, f"xsub=tcp://{LOOPBACK}:{xsub} , xpub={xpub_url}"
