@@ -338,10 +338,6 @@ def alert_rules(args: MonitoringArgs) -> list[dict]:
     return [{"name": f"dynamo-{graph}", "rules": rules}]
 
 
-def alert_names(args: MonitoringArgs) -> list[str]:
-    return [rule["alert"] for group in alert_rules(args) for rule in group["rules"]]
-
-
 def prometheus_rule(args: MonitoringArgs) -> dict:
     return {
         "apiVersion": MONITORING_API,

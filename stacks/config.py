@@ -118,9 +118,6 @@ class DynamoConfig:
     version: str
     image: str
 
-    def at_least(self, major: int, minor: int, patch: int = 0) -> bool:
-        return release(self.version) >= (major, minor, patch)
-
     @property
     def api_version(self) -> str:
         return graph_api_version(self.version)

@@ -15,8 +15,6 @@ import pulumi
 
 from dynctl.engine import Recorded, Run, is_secret, make_mocks, make_monitor, unwrap  # noqa: F401 (re-exported)
 
-PASSWORD_TYPE = "random:index/randomPassword:RandomPassword"
-
 
 @dataclass
 class Recording:
