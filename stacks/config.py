@@ -165,32 +165,32 @@ class ModelCacheConfig:
 @dataclass(frozen=True)
 class NatsConfig:
     enabled: bool
-    chart_version: str = "2.14.2"
-    replicas: int = 1
-    storage_size: str = "10Gi"
-    storage_class: str = ""
+    chart_version: str
+    replicas: int
+    storage_size: str
+    storage_class: str
 
 
 @dataclass(frozen=True)
 class EtcdConfig:
     enabled: bool
-    chart_version: str = "12.0.18"
-    image_tag: str = "3.5.18-debian-12-r5"
-    replicas: int = 1
-    storage_size: str = "1Gi"
-    storage_class: str = ""
-    endpoints: str = ""
+    chart_version: str
+    image_tag: str
+    replicas: int
+    storage_size: str
+    storage_class: str
+    endpoints: str
     """An existing etcd (instead of installing one); empty when etcd.enabled or unused."""
-    credentials_secret: str = ""
+    credentials_secret: str
 
 
 @dataclass(frozen=True)
 class MonitoringAlertsConfig:
     """Alert thresholds; field names match components.monitoring.AlertThresholds."""
-    error_ratio_percent: int = 5
-    ttft_p90_ms: int = 2000
-    queued_requests: int = 10
-    kv_cache_hit_drop_percent: int = 50
+    error_ratio_percent: int
+    ttft_p90_ms: int
+    queued_requests: int
+    kv_cache_hit_drop_percent: int
 
 
 @dataclass(frozen=True)
@@ -198,8 +198,8 @@ class MonitoringConfig:
     enabled: bool
     prometheus_release: str
     namespace: str
-    platform_monitors: bool = False
-    alerts: MonitoringAlertsConfig = MonitoringAlertsConfig()
+    platform_monitors: bool
+    alerts: MonitoringAlertsConfig
 
 
 @dataclass(frozen=True)
