@@ -16,14 +16,11 @@ from urllib.parse import quote
 
 import requests
 
+from components import coordination
+from components.graph import FRONTEND, FRONTEND_PORT, LABEL_COMPONENT, LABEL_COMPONENT_TYPE, LABEL_GRAPH, WORKER_SYSTEM_PORT
 from dynctl.kubeapi import KubeClient, KubeError, add_cluster_arguments
 
-GRAPH_LABEL = "nvidia.com/dynamo-graph-deployment-name"
-COMPONENT_LABEL = "nvidia.com/dynamo-component"
-COMPONENT_TYPE_LABEL = "nvidia.com/dynamo-component-type"
-WORKER_SYSTEM_PORT = 9090
 NATS_MONITOR_PORT = 8222
-ETCD_CLIENT_PORT = 2379
 
 
 @dataclass
@@ -207,10 +204,10 @@ def cluster_checks(client: KubeClient, rendered) -> list[Check]:
                     f"state {status.get('state', 'unknown')}, Ready={ready.get('status', 'unknown')}"
                     + (f" ({ready.get('message')})" if ready.get("message") and ready.get("status") != "True" else ""))]
 
-    pods = client.get(f"/api/v1/namespaces/{ns}/pods", {"labelSelector": f"{GRAPH_LABEL}={graph}"})["items"]
+    pods = client.get(f"/api/v1/namespaces/{ns}/pods", {"labelSelector": f"{LABEL_GRAPH}={graph}"})["items"]
     by_type: dict[str, list[dict]] = {}
     for pod in pods:
-        by_type.setdefault((pod["metadata"].get("labels") or {}).get(COMPONENT_TYPE_LABEL, "other"), []).append(pod)
+        by_type.setdefault((pod["metadata"].get("labels") or {}).get(LABEL_COMPONENT_TYPE, "other"), []).append(pod)
     expected = {"frontend": cfg.frontend.replicas, "worker": cfg.workers.replicas * cfg.workers.node_count}
     for ctype, want in expected.items():
         have = by_type.get(ctype, [])
@@ -229,15 +226,13 @@ def cluster_checks(client: KubeClient, rendered) -> list[Check]:
             checks.append(worker_check(pname, *client.proxy(
                 f"/api/v1/namespaces/{ns}/pods/{pname}:{WORKER_SYSTEM_PORT}/proxy/health")))
 
-    for role, port, path in (("nats", NATS_MONITOR_PORT, "/healthz"), ("etcd", ETCD_CLIENT_PORT, "/health")):
+    for role, port, path in (("nats", NATS_MONITOR_PORT, "/healthz"), ("etcd", coordination.ETCD_CLIENT_PORT, "/health")):
         if not getattr(getattr(cfg, role, None), "enabled", False):
             continue
         release = _release(rendered.objects, role)
         if release is None:
             checks.append(Check(role, "-", False, "enabled in the config but the stack renders no Helm release for it"))
             continue
-        from components import coordination
-
         labels = getattr(coordination, f"{role}_pod_labels")(release)
         selector = ",".join(f"{k}={v}" for k, v in labels.items())
         rpods = client.get(f"/api/v1/namespaces/{ns}/pods", {"labelSelector": selector})["items"]
@@ -277,10 +272,10 @@ def _frontend_service(objects: list[dict], graph: str) -> tuple[str, str] | None
         if o["kind"] != "Service":
             continue
         sel = (o.get("spec") or {}).get("selector") or {}
-        if sel.get(GRAPH_LABEL) == graph and sel.get(COMPONENT_LABEL) == "Frontend":
+        if sel.get(LABEL_GRAPH) == graph and sel.get(LABEL_COMPONENT) == FRONTEND:
             ports = o["spec"].get("ports") or []
             port = next((p.get("name") or str(p["port"]) for p in ports if p.get("name") == "http"),
-                        ports[0].get("name") or str(ports[0]["port"]) if ports else "8000")
+                        ports[0].get("name") or str(ports[0]["port"]) if ports else str(FRONTEND_PORT))
             return o["metadata"]["name"], quote(str(port))
     return None
 

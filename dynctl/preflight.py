@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
+from components.graph import LABEL_GRAPH
 from dynctl.kubeapi import KubeClient, KubeError, add_cluster_arguments
 
 GPU = "nvidia.com/gpu"
-GRAPH_LABEL = "nvidia.com/dynamo-graph-deployment-name"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -102,8 +102,8 @@ def workload_of(pod: dict) -> str:
     """The name a person knows the pod by: its graph, Deployment, StatefulSet, Job..."""
     meta = pod.get("metadata") or {}
     labels = meta.get("labels") or {}
-    if labels.get(GRAPH_LABEL):
-        return f"DynamoGraphDeployment/{labels[GRAPH_LABEL]}"
+    if labels.get(LABEL_GRAPH):
+        return f"DynamoGraphDeployment/{labels[LABEL_GRAPH]}"
     if labels.get("leaderworkerset.sigs.k8s.io/name"):
         return f"LeaderWorkerSet/{labels['leaderworkerset.sigs.k8s.io/name']}"
     for ref in meta.get("ownerReferences") or []:
@@ -162,7 +162,7 @@ def survey(client: KubeClient, need: Need) -> tuple[list[Node], list[Holder], in
             continue
         meta = pod["metadata"]
         node_name = (pod.get("spec") or {}).get("nodeName")
-        ours = meta.get("namespace") == need.namespace and (meta.get("labels") or {}).get(GRAPH_LABEL) == need.graph
+        ours = meta.get("namespace") == need.namespace and (meta.get("labels") or {}).get(LABEL_GRAPH) == need.graph
         if node_name in nodes and not ours:
             nodes[node_name].used += n
         if ours:

@@ -13,7 +13,7 @@ import shlex
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-DISCOVERY_ANNOTATION = "nvidia.com/dynamo-discovery-backend"
+from components.graph import DISCOVERY_ANNOTATION
 
 # Dynamo reads these to authenticate to etcd and NATS (names taken from ai-dynamo-runtime 1.6.1).
 ETCD_USER, ETCD_PASSWORD = "ETCD_AUTH_USERNAME", "ETCD_AUTH_PASSWORD"

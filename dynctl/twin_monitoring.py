@@ -14,15 +14,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.graph import LABEL_COMPONENT, LABEL_COMPONENT_TYPE, LABEL_GRAPH
+from components.monitoring import FRONTEND_PORT_NAME, WORKER_PORT_NAME
 from dynctl.twin_graph import TwinPlan
 from dynctl.twin_servers import Server
 
 # The twin lives for minutes: scrape and evaluate often so dashboards fill in seconds, whatever
 # interval the PodMonitors ask of a long-running cluster Prometheus.
 SCRAPE_INTERVAL = "2s"
-LABEL_COMPONENT = "nvidia.com/dynamo-component"
-LABEL_COMPONENT_TYPE = "nvidia.com/dynamo-component-type"
-LABEL_GRAPH = "nvidia.com/dynamo-graph-deployment-name"
 LABEL_DYN_NAMESPACE = "nvidia.com/dynamo-namespace"
 LABEL_APP_NAME = "app.kubernetes.io/name"
 
@@ -83,7 +82,7 @@ def local_pods(plan: TwinPlan, servers: list[Server]) -> list[LocalPod]:
                 LABEL_GRAPH: plan.graph, LABEL_DYN_NAMESPACE: f"{plan.namespace}-{plan.graph}",
                 "nvidia.com/metrics-enabled": "true",
             }
-            port = "http" if s.role == "frontend" else "system"
+            port = FRONTEND_PORT_NAME if s.role == "frontend" else WORKER_PORT_NAME
             pods.append(LocalPod(s.name, plan.namespace, labels, {port: _host_port(s.endpoint)}))
         elif s.role == "etcd":
             # etcd serves /metrics on its client port.
