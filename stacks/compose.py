@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pulumi
@@ -83,19 +84,14 @@ def deploy(cfg: StackConfig, *, spread_across_nodes: bool, disruption_budgets: b
 
     monitoring = None
     if cfg.monitoring.enabled:
-        alerts = cfg.monitoring.alerts
         monitoring = Monitoring(f"{graph_name}-monitoring", {
             "namespace": cfg.namespace,
             "graph_name": graph_name,
             "prometheus_release": cfg.monitoring.prometheus_release,
             "dashboard_namespace": cfg.monitoring.namespace,
             "platform_monitors": cfg.monitoring.platform_monitors,
-            "thresholds": {
-                "error_ratio_percent": alerts.error_ratio_percent,
-                "ttft_p90_ms": alerts.ttft_p90_ms,
-                "queued_requests": alerts.queued_requests,
-                "kv_cache_hit_drop_percent": alerts.kv_cache_hit_drop_percent,
-            },
+            # MonitoringAlertsConfig's fields are AlertThresholds' keys.
+            "thresholds": dataclasses.asdict(cfg.monitoring.alerts),
             **coordination_targets(cfg.namespace, coordination.peers),
         })
 
