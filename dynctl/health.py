@@ -226,14 +226,16 @@ def cluster_checks(client: KubeClient, rendered) -> list[Check]:
             checks.append(worker_check(pname, *client.proxy(
                 f"/api/v1/namespaces/{ns}/pods/{pname}:{WORKER_SYSTEM_PORT}/proxy/health")))
 
-    for role, port, path in (("nats", NATS_MONITOR_PORT, "/healthz"), ("etcd", coordination.ETCD_CLIENT_PORT, "/health")):
-        if not getattr(getattr(cfg, role, None), "enabled", False):
+    for role, service, pod_labels, port, path in (
+            ("nats", cfg.nats, coordination.nats_pod_labels, NATS_MONITOR_PORT, "/healthz"),
+            ("etcd", cfg.etcd, coordination.etcd_pod_labels, coordination.ETCD_CLIENT_PORT, "/health")):
+        if not service.enabled:
             continue
         release = _release(rendered.objects, role)
         if release is None:
             checks.append(Check(role, "-", False, "enabled in the config but the stack renders no Helm release for it"))
             continue
-        labels = getattr(coordination, f"{role}_pod_labels")(release)
+        labels = pod_labels(release)
         selector = ",".join(f"{k}={v}" for k, v in labels.items())
         rpods = client.get(f"/api/v1/namespaces/{ns}/pods", {"labelSelector": selector})["items"]
         if not rpods:
