@@ -74,14 +74,7 @@ def need_from_stack(stack: str, sets: list[str]) -> Need:
     cfg = render_stack(stack, sets).config
     w = cfg.workers
     return Need(namespace=cfg.namespace, graph=cfg.graph.name, replicas=int(w.replicas),
-                gpus_per_pod=int(w.gpus), node_count=int(_attr(w, "node_count", "nodeCount", default=1)))
-
-
-def _attr(obj, *names, default=None):
-    for n in names:
-        if hasattr(obj, n):
-            return getattr(obj, n)
-    return default
+                gpus_per_pod=int(w.gpus), node_count=int(w.node_count))
 
 
 def pod_gpus(pod: dict) -> int:
