@@ -18,6 +18,7 @@ import requests
 
 from components import coordination
 from components.graph import FRONTEND, FRONTEND_PORT, LABEL_COMPONENT, LABEL_COMPONENT_TYPE, LABEL_GRAPH, WORKER_SYSTEM_PORT
+from dynctl import twin
 from dynctl.kubeapi import KubeClient, KubeError, add_cluster_arguments
 
 NATS_MONITOR_PORT = 8222
@@ -85,20 +86,10 @@ def print_checks(console, where: str, checks: list[Check]) -> None:
 
 
 def _running_twin(stack: str) -> dict | None:
-    from dynctl import twin
-
     state = twin.load_state(stack)
     if not state or not state.get("processes"):
         return None
-    return state if any(_alive(p) for p in state["processes"]) else None
-
-
-def _alive(proc: dict) -> bool:
-    # The twin's own check: reaps our zombie children (tests start twins in-process) and
-    # compares start times, so a recycled pid does not count as alive.
-    from dynctl.twin_process import running
-
-    return running(int(proc["pid"]), proc.get("started", ""))
+    return state if any(twin.alive(p) for p in state["processes"]) else None
 
 
 def _get(url: str, timeout: float) -> tuple[int | None, str]:
@@ -114,7 +105,7 @@ def _get(url: str, timeout: float) -> tuple[int | None, str]:
 
 def twin_checks(state: dict, timeout: float) -> list[Check]:
     procs = state["processes"]
-    dead = [p["name"] for p in procs if not _alive(p)]
+    dead = [p["name"] for p in procs if not twin.alive(p)]
     checks = [Check("graph", state.get("graph") or state["stack"], not dead,
                     f"twin, {len(procs) - len(dead)}/{len(procs)} processes running"
                     + (f"; dead: {', '.join(dead)}" if dead else "")

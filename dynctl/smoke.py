@@ -32,7 +32,8 @@ def resolve_target(stack: str) -> tuple[str, str | None, str]:
     from dynctl import twin
 
     state = twin.load_state(stack)
-    if state and _frontend_alive(state):
+    # The state file outlives its processes: is the frontend still the process the twin started?
+    if state and any(twin.alive(p) for p in state.get("processes", []) if p.get("role") == "frontend"):
         return state["url"], state.get("model"), f"twin of stack {stack}"
     from dynctl.render import render_stack
 
@@ -43,14 +44,6 @@ def resolve_target(stack: str) -> tuple[str, str | None, str]:
         raise RuntimeError(f"stack {stack!r} has no running twin and its frontendUrl is {url!r}; run smoke --url "
                            "with the real address (or `dynctl health --stack`, which goes through the API server)")
     return url, outputs.get("model"), f"outputs of stack {stack}"
-
-
-def _frontend_alive(state: dict) -> bool:
-    """The twin's state file outlives its processes; is its frontend still the process it started?"""
-    from dynctl.twin_process import running
-
-    return any(running(int(p["pid"]), p.get("started", "")) for p in state.get("processes", [])
-               if p.get("role") == "frontend")
 
 
 def run(args) -> int:

@@ -164,8 +164,8 @@ def up_from_objects(stack: str, objects: list[dict], port: int | None = None, kv
         raise TwinError(str(error)) from None
     if kv_blocks is not None and kv_blocks < 1:
         raise TwinError("--kv-blocks must be at least 1")
-    existing = status(stack, state_dir)
-    if existing and any(p["health"] != "dead" for p in existing["processes"]):
+    existing = load_state(stack, state_dir)
+    if existing and any(alive(p) for p in existing["processes"]):
         raise TwinError(f"twin {stack!r} is already running at {existing['url']}; run `python -m dynctl twin down --stack {stack}` first")
     if existing:
         down(stack, state_dir)  # a crashed run: clear what it left (process groups, etcd's memory dir)
@@ -357,8 +357,14 @@ def _wait_ready(plan: TwinPlan, state: dict, started: list[Server]) -> None:
 # ---------------------------------------------------------------- status / down
 
 
+def alive(proc: dict) -> bool:
+    """Is a recorded process still the one the twin started? Reaps it if it was our child and
+    compares kernel start times, so a recycled pid does not count."""
+    return running(int(proc["pid"]), proc.get("started", ""))
+
+
 def _health(proc: dict, model: str) -> str:
-    if not running(proc["pid"], proc.get("started", "")):
+    if not alive(proc):
         return "dead"
     if proc["role"] == "frontend":
         return "ready" if _serves(proc["health_url"], model) else "not-ready"
