@@ -49,5 +49,8 @@ def record(build: Callable[[], Any]) -> Recording:
 
     # The SDK keeps its settings in context variables: a fresh context per recording.
     contextvars.Context().run(go)
-    rec.resources, rec.passwords = run.resources, run.secret_values
+    # Registrations reach the monitor from the SDK's executor threads in no fixed order:
+    # sort them by URN so every test sees the same order on every run.
+    rec.resources = sorted(run.resources, key=lambda r: r.urn)
+    rec.passwords = run.secret_values
     return rec
