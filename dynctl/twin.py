@@ -197,14 +197,18 @@ def up_from_objects(stack: str, objects: list[dict], port: int | None = None, kv
         "ignored_worker_args": plan.ignored_args, "processes": [],
     }
     servers: list[Server] = []
+
+    def checkpoint() -> None:
+        """Record what runs so far: `twin down` (or the next `up`) stops it even if we die."""
+        state["processes"] = [_record(s) for s in servers]
+        _save_state(stack, state_dir, state)
+
     t0 = time.monotonic()
     try:
         dynamo_env = _servers_and_env(plan, python, rd, base, servers, echo)
-        state["processes"] = [_record(s) for s in servers]
-        _save_state(stack, state_dir, state)
+        checkpoint()
         started = _start_dynamo(plan, python, model_dir, rd, dynamo_env, frontend_port, kv_blocks, servers)
-        state["processes"] = [_record(s) for s in servers]
-        _save_state(stack, state_dir, state)
+        checkpoint()
         prometheus = None
         if monitoring:
             # Started while Dynamo comes up: Prometheus takes seconds to run its first scrapes.
@@ -217,17 +221,15 @@ def up_from_objects(stack: str, objects: list[dict], port: int | None = None, kv
             for note in notes:
                 echo(f"twin: note: {note}")
             prometheus = start_prometheus(rd, base, config, servers)
-            state["processes"] = [_record(s) for s in servers]
             state["prometheus_url"] = prometheus.endpoint
             state["monitoring_notes"] = notes
-            _save_state(stack, state_dir, state)
+            checkpoint()
         _wait_ready(plan, state, started)
         if prometheus:
             wait_scraped(prometheus)
     except BaseException:
         _stop(servers)
-        state["processes"] = [_record(s) for s in servers]
-        _save_state(stack, state_dir, state)
+        checkpoint()
         raise
     state["up_seconds"] = round(time.monotonic() - t0, 2)
     _save_state(stack, state_dir, state)
