@@ -17,6 +17,7 @@ import pytest
 
 from dynctl import traffic, twin
 from dynctl.__main__ import main as dynctl
+from dynctl.twin_process import free_port
 
 STREAM_ERROR_EVENT = (b'data: {"error":{"message":"Service temporarily unavailable","code":503,'
                       b'"type":"Service Unavailable"}}\n\n')
@@ -90,14 +91,8 @@ def test_wrong_model_is_diagnosed(dev_twin, capsys):
     assert f"FAIL models 'no/such-model' not listed; the frontend serves {dev_twin['model']}" in capsys.readouterr().out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_refused_connection_is_diagnosed(capsys):
-    port = _free_port()
+    port = free_port()
     assert dynctl(["smoke", "--url", f"http://127.0.0.1:{port}"]) == 1
     out = capsys.readouterr().out
     assert f"FAIL models connection refused at 127.0.0.1:{port} (frontend not running, or wrong port?)" in out
@@ -219,6 +214,6 @@ def test_stack_without_a_twin_needs_a_real_address(tmp_path, capsys):
 
 
 def test_traffic_to_nothing_exits_non_zero(capsys):
-    port = _free_port()
+    port = free_port()
     assert dynctl(["traffic", "--url", f"http://127.0.0.1:{port}", "--requests", "2"]) == 1
     assert f"connection refused at 127.0.0.1:{port}" in capsys.readouterr().err
