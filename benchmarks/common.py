@@ -24,12 +24,11 @@ _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
 def twin_up(stack: str = "dev", sets: list[str] | tuple[str, ...] = (), kv_blocks: int | None = None):
     """A twin in its own state dir (never the user's), stopped afterwards whatever happens."""
     with tempfile.TemporaryDirectory(prefix="dynctl-bench-") as home:
-        os.environ["DYNCTL_TWIN_HOME"] = home
-        state = twin.up(stack, list(sets), kv_blocks=kv_blocks, echo=lambda m: None)
+        state = twin.up(stack, list(sets), kv_blocks=kv_blocks, state_dir=Path(home), echo=lambda m: None)
         try:
             yield state
         finally:
-            twin.down(stack)
+            twin.down(stack, state_dir=Path(home))
 
 
 def scrape(url: str) -> dict[str, float]:
