@@ -13,7 +13,7 @@ from typing import Any, Optional, TypedDict
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.graph import LABEL_COMPONENT_TYPE, LABEL_GRAPH, object_labels
+from components.graph import object_labels, type_selector
 
 
 class ComponentReplicas(TypedDict):
@@ -41,7 +41,7 @@ def budget_specs(args: GraphDisruptionBudgetsArgs) -> dict[str, dict[str, Any]]:
     return {
         c["type"]: {
             "maxUnavailable": 1,
-            "selector": {"matchLabels": {LABEL_GRAPH: args["graph_name"], LABEL_COMPONENT_TYPE: c["type"]}},
+            "selector": {"matchLabels": type_selector(args["graph_name"], c["type"])},
         }
         for c in args["components"] if c["replicas"] > 1
     }

@@ -41,6 +41,11 @@ def pod_selector(graph_name: str, component: str) -> dict[str, str]:
     return {LABEL_GRAPH: graph_name, LABEL_COMPONENT: component}
 
 
+def type_selector(graph_name: str, component_type: str) -> dict[str, str]:
+    """Labels that select the pods of one component type (frontend, worker, ...) of a graph."""
+    return {LABEL_GRAPH: graph_name, LABEL_COMPONENT_TYPE: component_type}
+
+
 class DynamoGraphArgs(TypedDict):
     """What the graph needs; every value comes from the typed stack config."""
 

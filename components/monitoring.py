@@ -34,7 +34,7 @@ from typing import Any, NotRequired, Optional, TypedDict
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.graph import LABEL_COMPONENT_TYPE, LABEL_GRAPH, object_labels
+from components.graph import LABEL_COMPONENT_TYPE, LABEL_GRAPH, object_labels, type_selector
 
 DASHBOARD_FILE = Path(__file__).parent / "dashboards" / "dynamo.json"
 MONITORING_API = "monitoring.coreos.com/v1"
@@ -156,8 +156,8 @@ def pod_monitors(args: MonitoringArgs) -> list[dict]:
     ns, graph = args["namespace"], args["graph_name"]
     wanted: list[tuple[str, str, dict[str, str], str]] = []  # target, namespace, pod labels, port
     if not args.get("platform_monitors"):
-        wanted.append(("frontend", ns, {LABEL_GRAPH: graph, LABEL_COMPONENT_TYPE: "frontend"}, FRONTEND_PORT_NAME))
-        wanted.append(("worker", ns, {LABEL_GRAPH: graph, LABEL_COMPONENT_TYPE: "worker"}, WORKER_PORT_NAME))
+        wanted.append(("frontend", ns, type_selector(graph, "frontend"), FRONTEND_PORT_NAME))
+        wanted.append(("worker", ns, type_selector(graph, "worker"), WORKER_PORT_NAME))
     for target, default_port in (("nats", NATS_PORT_NAME), ("etcd", ETCD_PORT_NAME)):
         if svc := args.get(target):
             wanted.append((target, svc["namespace"], dict(svc["pod_labels"]), svc.get("port_name", default_port)))

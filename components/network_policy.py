@@ -25,7 +25,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.coordination import CoordinationPeer
-from components.graph import FRONTEND_PORT, LABEL_COMPONENT_TYPE, LABEL_GRAPH, WORKER_SYSTEM_PORT, object_labels
+from components.graph import FRONTEND_PORT, LABEL_COMPONENT_TYPE, LABEL_GRAPH, WORKER_SYSTEM_PORT, object_labels, type_selector
 
 WORKER_TYPES = ["worker", "prefill", "decode"]
 API_SERVER_PORTS = [443, 6443]
@@ -63,7 +63,7 @@ def graph_pods(graph: str) -> dict[str, Any]:
 
 
 def frontend_pods(graph: str) -> dict[str, Any]:
-    return {"matchLabels": {LABEL_GRAPH: graph, LABEL_COMPONENT_TYPE: "frontend"}}
+    return {"matchLabels": type_selector(graph, "frontend")}
 
 
 def worker_pods(graph: str) -> dict[str, Any]:
