@@ -20,6 +20,7 @@ from components import coordination
 from components.graph import FRONTEND, FRONTEND_PORT, LABEL_COMPONENT, LABEL_COMPONENT_TYPE, LABEL_GRAPH, WORKER_SYSTEM_PORT
 from dynctl import twin
 from dynctl.kubeapi import KubeClient, KubeError, add_cluster_arguments
+from dynctl.twin_graph import find_graph
 
 NATS_MONITOR_PORT = 8222
 
@@ -183,7 +184,7 @@ def _json(body: str) -> dict:
 
 def cluster_checks(client: KubeClient, rendered) -> list[Check]:
     cfg = rendered.config
-    dgd = next(o for o in rendered.objects if o["kind"] == "DynamoGraphDeployment")
+    dgd = find_graph(rendered.objects)
     ns, graph = dgd["metadata"].get("namespace", cfg.namespace), dgd["metadata"]["name"]
     group_version = dgd["apiVersion"]
     live = client.get_optional(f"/apis/{group_version}/namespaces/{ns}/dynamographdeployments/{graph}")
