@@ -254,8 +254,8 @@ class Coordination(pulumi.ComponentResource):
         self.nats_url = self.etcd_endpoints = None
 
         if (nats := args.get("nats")) is not None:
-            release_name = _release_name(graph, "nats")
-            secret = self._credentials(f"{name}-nats", f"{graph}-nats-auth", NATS_USERNAME, ns, labels)
+            release_name, secret_name = _release_name(graph, "nats"), f"{graph}-nats-auth"
+            secret = self._credentials(f"{name}-nats", secret_name, NATS_USERNAME, ns, labels)
             self.releases.append(k8s.helm.v3.Release(
                 f"{name}-nats",
                 k8s.helm.v3.ReleaseArgs(
@@ -269,14 +269,14 @@ class Coordination(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[secret]),
             ))
             self.nats_url = f"nats://{release_name}.{ns}.svc:{NATS_CLIENT_PORT}"
-            self.env += nats_env(self.nats_url, f"{graph}-nats-auth", args["dynamo_version"])
+            self.env += nats_env(self.nats_url, secret_name, args["dynamo_version"])
             self.peers.append(CoordinationPeer(
                 name="nats", pod_labels=nats_pod_labels(release_name), client_port=NATS_CLIENT_PORT,
                 metrics_port=NATS_METRICS_PORT, peer_ports=[NATS_CLUSTER_PORT] if nats.get("replicas", 1) > 1 else []))
 
         if (etcd := args.get("etcd")) is not None:
-            release_name = _release_name(graph, "etcd")
-            secret = self._credentials(f"{name}-etcd", f"{graph}-etcd-auth", ETCD_USERNAME, ns, labels)
+            release_name, secret_name = _release_name(graph, "etcd"), f"{graph}-etcd-auth"
+            secret = self._credentials(f"{name}-etcd", secret_name, ETCD_USERNAME, ns, labels)
             self.releases.append(k8s.helm.v3.Release(
                 f"{name}-etcd",
                 k8s.helm.v3.ReleaseArgs(
@@ -290,7 +290,7 @@ class Coordination(pulumi.ComponentResource):
             ))
             self.etcd_endpoints = f"http://{release_name}.{ns}.svc:{ETCD_CLIENT_PORT}"
             if args["discovery"] == "etcd":
-                self.env += etcd_env(self.etcd_endpoints, f"{graph}-etcd-auth")
+                self.env += etcd_env(self.etcd_endpoints, secret_name)
             self.peers.append(CoordinationPeer(
                 name="etcd", pod_labels=etcd_pod_labels(release_name), client_port=ETCD_CLIENT_PORT,
                 metrics_port=ETCD_METRICS_PORT,
