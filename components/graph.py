@@ -164,7 +164,7 @@ def _worker_args(args: DynamoGraphArgs) -> list[str]:
 def _worker_env(args: DynamoGraphArgs) -> list:
     env: list = []
     if args.get("model_cache_volume"):
-        env.append({"name": "HF_HOME", "value": args.get("model_cache_mount_path", "/root/.cache/huggingface")})
+        env.append({"name": "HF_HOME", "value": _cache_mount_path(args)})
     return env + list(args.get("extra_env", []))
 
 
@@ -190,7 +190,12 @@ def _cache_mounts(args: DynamoGraphArgs) -> tuple[list, list]:
     volume = args.get("model_cache_volume")
     if not volume:
         return [], []
-    return [volume], [{"name": volume["name"], "mountPath": args.get("model_cache_mount_path", "/root/.cache/huggingface")}]
+    return [volume], [{"name": volume["name"], "mountPath": _cache_mount_path(args)}]
+
+
+def _cache_mount_path(args: DynamoGraphArgs) -> str:
+    # Hugging Face's own cache folder for root, where no path is given.
+    return args.get("model_cache_mount_path", "/root/.cache/huggingface")
 
 
 def graph_spec(args: DynamoGraphArgs, secret_name: pulumi.Input[str], api_version: str) -> dict:
