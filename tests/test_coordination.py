@@ -18,6 +18,7 @@ import yaml
 import schemas
 from conftest import objects_of, one, rendered
 from components.coordination import Coordination
+from dynctl.twin_process import free_port
 from recording import is_secret, record, unwrap
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
@@ -206,12 +207,6 @@ def test_release_names_must_fit_helm():
 # ------------------------------------------------------------------ the NATS server really checks them
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def chart_style_conf(port: int, merge: dict) -> str:
     """nats.conf as the chart writes it: JSON, then `"<< X >>"` unquoted (its nats.formatConfig rule)."""
     text = json.dumps({"port": port, "host": "127.0.0.1", **merge}, indent=2, sort_keys=True)
@@ -237,7 +232,7 @@ def test_nats_server_accepts_only_the_credentials_from_the_secret(tmp_path: Path
     stored = secrets_by_name(rec)["g-nats-auth"]
     password = rec.passwords[0]
     assert unwrap(stored["password"]) == password
-    port = _free_port()
+    port = free_port()
     conf = tmp_path / "nats.conf"
     conf.write_text(chart_style_conf(port, values["config"]["merge"]))
     assert password not in conf.read_text()
