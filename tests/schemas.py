@@ -7,7 +7,6 @@ strict field validation, rejects unknown fields, so a misspelt field must fail h
 
 from __future__ import annotations
 
-import copy
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,12 +28,18 @@ def _close(schema: dict) -> dict:
     """additionalProperties: false wherever the CRD lists properties and does not preserve unknowns."""
     if not isinstance(schema, dict):
         return schema
-    out = {k: _close(v) if isinstance(v, dict) else ([_close(i) for i in v] if isinstance(v, list) else v)
-           for k, v in schema.items()}
-    if "properties" in schema:
-        out["properties"] = {k: _close(v) for k, v in schema["properties"].items()}
-        if "additionalProperties" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
-            out["additionalProperties"] = False
+    out = {}
+    for key, value in schema.items():
+        if key == "properties":
+            # A map of field names to schemas, not a schema itself: close each field's schema.
+            out[key] = {name: _close(field) for name, field in value.items()}
+        elif isinstance(value, list):
+            out[key] = [_close(item) for item in value]
+        else:
+            out[key] = _close(value)
+    if "properties" in schema and "additionalProperties" not in schema \
+            and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
     return out
 
 
@@ -47,7 +52,7 @@ def _crd_schemas(folder: str) -> dict[tuple[str, str], dict]:
                 continue
             group, kind = doc["spec"]["group"], doc["spec"]["names"]["kind"]
             for version in doc["spec"]["versions"]:
-                schema = _close(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
+                schema = _close(version["schema"]["openAPIV3Schema"])
                 found[(f"{group}/{version['name']}", kind)] = schema
     return found
 
