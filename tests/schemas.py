@@ -73,8 +73,7 @@ def validate(obj: dict, dynamo_version: str | None = None) -> None:
     """Raise on any schema violation of one rendered object."""
     api_version, kind = obj["apiVersion"], obj["kind"]
     group = api_version.split("/")[0] if "/" in api_version else ""
-    if group == "" or group.endswith(".k8s.io") or group in ("apps", "batch", "policy", "autoscaling") \
-            or group == "networking.k8s.io":
+    if group == "" or group.endswith(".k8s.io") or group in ("apps", "batch", "policy", "autoscaling"):
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
         return
     # The CRDs carry Go regexes (e.g. `^(?i)...`) that Python's metaschema check rejects: skip that check.
