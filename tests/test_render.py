@@ -48,6 +48,12 @@ def env_of(component: dict) -> dict[str, str]:
     return {e["name"]: e.get("value") for e in items}
 
 
+def cli_render(*argv: str) -> subprocess.CompletedProcess:
+    """`python -m dynctl render ARGV` as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "dynctl", "render", *argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
 @pytest.mark.skipif(not schemas.CRDS.exists(), reason="../shared/reference/crds not present")
 @pytest.mark.parametrize("variant", VARIANTS, ids=[" ".join(v) for v in VARIANTS])
 def test_every_object_validates_strictly_against_upstream_schemas(variant):
@@ -194,8 +200,7 @@ def test_hf_token_from_config_is_a_secret_that_never_leaves_in_plain_text(tmp_pa
     assert is_secret(recorded.inputs["stringData"])
     # Nothing the CLI writes or prints holds it.
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "dynctl", "render", "--stack", "dev", "--out", str(out),
-                           "--set", f"hfToken={token}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = cli_render("--stack", "dev", "--out", str(out), "--set", f"hfToken={token}")
     assert proc.returncode == 0, proc.stderr
     assert token not in proc.stdout + proc.stderr
     for path in out.rglob("*"):
@@ -213,10 +218,7 @@ def test_hf_token_from_config_is_a_secret_that_never_leaves_in_plain_text(tmp_pa
 ])
 def test_cli_refuses_bad_config_cleanly(tmp_path, sets, key):
     out = tmp_path / "never"
-    cmd = [sys.executable, "-m", "dynctl", "render", "--stack", "dev", "--out", str(out)]
-    for s in sets:
-        cmd += ["--set", s]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = cli_render("--stack", "dev", "--out", str(out), *(arg for s in sets for arg in ("--set", s)))
     assert proc.returncode != 0
     assert proc.stderr.startswith(f"error: {key}:"), proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
@@ -225,8 +227,7 @@ def test_cli_refuses_bad_config_cleanly(tmp_path, sets, key):
 
 
 def test_cli_refuses_an_unknown_stack(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "dynctl", "render", "--stack", "prod", "--out", str(tmp_path / "x")],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = cli_render("--stack", "prod", "--out", str(tmp_path / "x"))
     assert proc.returncode != 0 and "known stacks: dev, multinode" in proc.stderr
 
 
@@ -253,19 +254,17 @@ def test_plain_text_hf_token_is_refused_under_pulumi():
 
 def test_render_writes_one_file_per_object_and_replaces_its_own_output(tmp_path):
     out = tmp_path / "dev"
-    cmd = [sys.executable, "-m", "dynctl", "render", "--stack", "dev", "--out", str(out)]
-    first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    first = cli_render("--stack", "dev", "--out", str(out))
     assert first.returncode == 0, first.stderr
     assert "2 GPUs" in first.stdout
     files = sorted(p for p in out.rglob("*.yaml"))
     assert len(files) == len(rendered("dev").objects)
-    again = subprocess.run(cmd + ["--set", "monitoring.enabled=false"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    again = cli_render("--stack", "dev", "--out", str(out), "--set", "monitoring.enabled=false")
     assert again.returncode == 0, again.stderr
     stray = tmp_path / "mine"
     stray.mkdir()
     (stray / "keep.txt").write_text("not ours")
-    refused = subprocess.run([sys.executable, "-m", "dynctl", "render", "--stack", "dev", "--out", str(stray)],
-                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    refused = cli_render("--stack", "dev", "--out", str(stray))
     assert refused.returncode != 0 and (stray / "keep.txt").exists()
 
 
