@@ -60,8 +60,6 @@ class ScrapeTarget(TypedDict):
     """Namespace of its pods."""
     pod_labels: dict[str, str]
     """Labels that select its server pods (the chart's selector labels)."""
-    port_name: NotRequired[str]
-    """Name of the container port serving /metrics (default: prom-metrics for NATS, metrics for etcd)."""
 
 
 class AlertThresholds(TypedDict, total=False):
@@ -158,9 +156,9 @@ def pod_monitors(args: MonitoringArgs) -> list[dict]:
     if not args.get("platform_monitors"):
         wanted.append(("frontend", ns, type_selector(graph, "frontend"), FRONTEND_PORT_NAME))
         wanted.append(("worker", ns, type_selector(graph, "worker"), WORKER_PORT_NAME))
-    for target, default_port in (("nats", NATS_PORT_NAME), ("etcd", ETCD_PORT_NAME)):
+    for target, port in (("nats", NATS_PORT_NAME), ("etcd", ETCD_PORT_NAME)):
         if svc := args.get(target):
-            wanted.append((target, svc["namespace"], dict(svc["pod_labels"]), svc.get("port_name", default_port)))
+            wanted.append((target, svc["namespace"], dict(svc["pod_labels"]), port))
 
     monitors = []
     for target, pod_namespace, labels, port in wanted:

@@ -33,7 +33,8 @@ HTTPS_PORT = 443
 DNS_PORT = 53
 # Any address; IPv4 and IPv6 so dual-stack clusters behave the same.
 ANYWHERE = [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}]
-DEFAULT_PROMETHEUS_POD_LABELS = {"app.kubernetes.io/name": "prometheus"}
+# Labels of the Prometheus server pods (kube-prometheus-stack).
+PROMETHEUS_POD_LABELS = {"app.kubernetes.io/name": "prometheus"}
 
 
 class GraphNetworkPoliciesArgs(TypedDict):
@@ -47,8 +48,6 @@ class GraphNetworkPoliciesArgs(TypedDict):
     """kubernetes (pods need the API server) or etcd."""
     prometheus_namespace: NotRequired[Optional[str]]
     """Namespace Prometheus runs in; None allows no scrapes."""
-    prometheus_pod_labels: NotRequired[dict[str, str]]
-    """Labels of the Prometheus server pods (kube-prometheus-stack: app.kubernetes.io/name=prometheus)."""
     peers: NotRequired[list[CoordinationPeer]]
     """NATS / etcd installed for the graph (Coordination.peers)."""
     external_ports: NotRequired[list[int]]
@@ -84,7 +83,7 @@ def policy_specs(args: GraphNetworkPoliciesArgs) -> dict[str, dict[str, Any]]:
     if args.get("prometheus_namespace"):
         prometheus = [{
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": args["prometheus_namespace"]}},
-            "podSelector": {"matchLabels": args.get("prometheus_pod_labels", DEFAULT_PROMETHEUS_POD_LABELS)},
+            "podSelector": {"matchLabels": PROMETHEUS_POD_LABELS},
         }]
 
     egress: list[dict[str, Any]] = [
