@@ -17,7 +17,7 @@ import asyncio
 
 from common import row, twin_up
 
-from dynctl.render import render_stack
+from dynctl.render import load_config
 from dynctl.traffic import Target, make_workload, run_workload, stream_chat
 
 
@@ -76,7 +76,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    stack_router = render_stack(args.stack, []).config.frontend.router_mode
+    stack_router = load_config(args.stack).frontend.router_mode
     words = words_for_tokens(args.stack, args.prefix_tokens)
     workload = make_workload(args.requests, args.prefix_pool, words, args.seed)
     runs = []

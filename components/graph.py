@@ -19,6 +19,9 @@ FRONTEND = "Frontend"
 WORKER = "VllmWorker"
 FRONTEND_PORT = 8000
 WORKER_SYSTEM_PORT = 9090
+GPU_RESOURCE = "nvidia.com/gpu"
+# Component types that run an engine (and hold GPUs); the rest (frontend, planner) do not.
+WORKER_TYPES = ("worker", "prefill", "decode")
 DISCOVERY_ANNOTATION = "nvidia.com/dynamo-discovery-backend"
 # Labels the operator puts on every pod it creates for a graph.
 LABEL_COMPONENT = "nvidia.com/dynamo-component"
@@ -228,7 +231,7 @@ def _spec_v1beta1(args: DynamoGraphArgs, secret_name: pulumi.Input[str]) -> dict
         "command": ["python3", "-m", "dynamo.vllm"],
         "args": _worker_args(args),
         "envFrom": [{"secretRef": {"name": secret_name}}],
-        "resources": {"limits": {"nvidia.com/gpu": str(args["worker_gpus"])}},
+        "resources": {"limits": {GPU_RESOURCE: str(args["worker_gpus"])}},
         "securityContext": _security_context("IPC_LOCK"),
     }
     if env := _worker_env(args):

@@ -25,9 +25,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.coordination import CoordinationPeer
-from components.graph import FRONTEND_PORT, LABEL_COMPONENT_TYPE, LABEL_GRAPH, WORKER_SYSTEM_PORT, object_labels, type_selector
+from components.graph import FRONTEND_PORT, LABEL_COMPONENT_TYPE, LABEL_GRAPH, WORKER_SYSTEM_PORT, WORKER_TYPES, object_labels, type_selector
 
-WORKER_TYPES = ["worker", "prefill", "decode"]
 API_SERVER_PORTS = [443, 6443]
 HTTPS_PORT = 443
 DNS_PORT = 53
@@ -67,7 +66,7 @@ def frontend_pods(graph: str) -> dict[str, Any]:
 
 def worker_pods(graph: str) -> dict[str, Any]:
     return {"matchLabels": {LABEL_GRAPH: graph},
-            "matchExpressions": [{"key": LABEL_COMPONENT_TYPE, "operator": "In", "values": WORKER_TYPES}]}
+            "matchExpressions": [{"key": LABEL_COMPONENT_TYPE, "operator": "In", "values": list(WORKER_TYPES)}]}
 
 
 def tcp(*ports: int) -> list[dict[str, Any]]:

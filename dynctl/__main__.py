@@ -9,7 +9,8 @@ import sys
 COMMANDS = ("render", "policy", "twin", "preflight", "smoke", "traffic", "health")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The whole CLI: every command module that is present registers its subcommand."""
     parser = argparse.ArgumentParser(prog="python -m dynctl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
@@ -20,7 +21,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             continue
         module.register(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

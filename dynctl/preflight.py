@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from components.graph import LABEL_GRAPH
+from components.graph import GPU_RESOURCE, LABEL_GRAPH
 from dynctl.kubeapi import KubeClient, KubeError, add_cluster_arguments
-
-GPU = "nvidia.com/gpu"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -69,9 +67,9 @@ class Holder:
 
 
 def need_from_stack(stack: str, sets: list[str]) -> Need:
-    from dynctl.render import render_stack
+    from dynctl.render import load_config
 
-    cfg = render_stack(stack, sets).config
+    cfg = load_config(stack, sets)
     w = cfg.workers
     return Need(namespace=cfg.namespace, graph=cfg.graph.name, replicas=int(w.replicas),
                 gpus_per_pod=int(w.gpus), node_count=int(w.node_count))
@@ -83,7 +81,7 @@ def pod_gpus(pod: dict) -> int:
     Extended resources must have request == limit, so either one tells."""
     def gpus(c: dict) -> int:
         res = c.get("resources") or {}
-        return int((res.get("limits") or {}).get(GPU) or (res.get("requests") or {}).get(GPU) or 0)
+        return int((res.get("limits") or {}).get(GPU_RESOURCE) or (res.get("requests") or {}).get(GPU_RESOURCE) or 0)
 
     spec = pod.get("spec") or {}
     main = sum(gpus(c) for c in spec.get("containers") or [])
@@ -133,7 +131,7 @@ def survey(client: KubeClient, need: Need) -> tuple[list[Node], list[Holder], in
     nodes: dict[str, Node] = {}
     for item in node_list:
         name = item["metadata"]["name"]
-        alloc = int(((item.get("status") or {}).get("allocatable") or {}).get(GPU) or 0)
+        alloc = int(((item.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE) or 0)
         if alloc == 0:
             continue
         node = Node(name, alloc)
@@ -190,7 +188,7 @@ def run(args) -> int:
         console.print(f"[red]CANNOT CHECK: {e}[/red]", soft_wrap=True)
         return 2
 
-    t = Table(title=f"GPU nodes ({GPU} allocatable)")
+    t = Table(title=f"GPU nodes ({GPU_RESOURCE} allocatable)")
     for col in ("node", "allocatable", "in use", "free", "schedulable"):
         t.add_column(col, justify="left" if col == "node" else "right")
     for n in sorted(nodes, key=lambda n: n.name):

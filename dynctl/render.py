@@ -54,9 +54,13 @@ class Rendered:
         return int(self.outputs.get("totalGpus", 0))
 
 
-def render_stack(stack: str, sets: list[str] | tuple[str, ...] = (), root: Path = engine.ROOT) -> Rendered:
-    """Run the program for `stack` with --set style overrides; raise ConfigError on bad config."""
-    started = time.perf_counter()
+def load_config(stack: str, sets: list[str] | tuple[str, ...] = (), root: Path = engine.ROOT):
+    """The stack's typed config (stacks.config.StackConfig) without running the program; ConfigError if bad."""
+    return _read_config(stack, sets, root)[0]
+
+
+def _read_config(stack: str, sets, root: Path):
+    """(typed config, raw values, secret keys): the same validation the program runs, done first."""
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     from stacks import config as stack_config
@@ -64,9 +68,15 @@ def render_stack(stack: str, sets: list[str] | tuple[str, ...] = (), root: Path 
     try:
         values, secret_keys = engine.stack_config(stack, list(sets), root)
         plain = {k: v for k, v in values.items() if k not in stack_config.SECRET_KEYS}
-        typed = stack_config.parse(plain)
+        return stack_config.parse(plain), values, secret_keys
     except (engine.StackConfigError, stack_config.ConfigError) as error:
         raise ConfigError(str(error)) from None
+
+
+def render_stack(stack: str, sets: list[str] | tuple[str, ...] = (), root: Path = engine.ROOT) -> Rendered:
+    """Run the program for `stack` with --set style overrides; raise ConfigError on bad config."""
+    started = time.perf_counter()
+    typed, values, secret_keys = _read_config(stack, sets, root)
     run = engine.run_program(stack, values, secret_keys, root)
     for rec in run.resources:
         run.secret_values.extend(engine.find_secret_values(rec.inputs))

@@ -13,7 +13,7 @@ import shlex
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from components.graph import DISCOVERY_ANNOTATION
+from components.graph import DISCOVERY_ANNOTATION, WORKER_TYPES
 
 # Dynamo reads these to authenticate to etcd and NATS (names taken from ai-dynamo-runtime 1.6.1).
 ETCD_USER, ETCD_PASSWORD = "ETCD_AUTH_USERNAME", "ETCD_AUTH_PASSWORD"
@@ -31,7 +31,6 @@ _MOCKER_SWITCHES = {
 }
 # Pre-1.0 spellings of the disaggregation role.
 _ROLE_SWITCHES = {"--is-prefill-worker": "prefill", "--is-decode-worker": "decode"}
-_WORKER_TYPES = {"worker", "prefill", "decode"}
 
 
 class GraphError(ValueError):
@@ -232,7 +231,7 @@ def plan_from_objects(objects: list[dict]) -> TwinPlan:
     version = str(graph.get("apiVersion", ""))
     components = _components_v1alpha1(graph, objects) if version.endswith("v1alpha1") else _components_v1beta1(graph, objects)
     frontends = [c for c in components if c.type == "frontend"]
-    workers = tuple(c for c in components if c.type in _WORKER_TYPES)
+    workers = tuple(c for c in components if c.type in WORKER_TYPES)
     if len(frontends) != 1 or not workers:
         raise GraphError(
             f"graph {meta.get('name')!r} needs one frontend and at least one worker component, "

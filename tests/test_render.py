@@ -278,3 +278,11 @@ def test_render_works_after_asyncio_run_in_the_same_thread():
 
     asyncio.run(nothing())
     assert render_stack("dev").total_gpus == 2
+
+
+def test_load_config_validates_without_running_the_program():
+    from dynctl.render import ConfigError, load_config
+
+    assert load_config("multinode", ["workers.replicas=3"]).workers.total_gpus == 3
+    with pytest.raises(ConfigError, match="^frontend.routerMode: 'x' is not allowed"):
+        load_config("dev", ["frontend.routerMode=x"])

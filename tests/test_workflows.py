@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import re
 import shlex
@@ -36,11 +35,11 @@ def expand(script: str, stack: str) -> str:
 
 
 def dynctl_parser(command: str) -> argparse.ArgumentParser:
-    """The real parser of one dynctl command (its module's register), without running it."""
-    parser = argparse.ArgumentParser(prog="dynctl")
-    sub = parser.add_subparsers(dest="command", required=True)
-    importlib.import_module(f"dynctl.{command}").register(sub)
-    return parser
+    """The real dynctl parser (every command), without running anything."""
+    from dynctl.__main__ import COMMANDS, build_parser
+
+    assert command in COMMANDS, command
+    return build_parser()
 
 
 def command_lines(wf: dict) -> list[str]:
