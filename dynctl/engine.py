@@ -23,7 +23,6 @@ from typing import Any, Optional
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-PROJECT = "dynamo-distributed"
 REDACTED = "[secret]"
 _SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d"
 _SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
@@ -58,12 +57,21 @@ class Run:
 
 # ---------------------------------------------------------------- config
 
-def stack_config(stack: str, sets: list[str] | tuple[str, ...] = (), root: Path = ROOT) -> tuple[dict, set[str]]:
+def project_name(root: Path = ROOT) -> str:
+    """The project's name, as Pulumi.yaml declares it (config keys are prefixed with it)."""
+    return yaml.safe_load((root / "Pulumi.yaml").read_text())["name"]
+
+
+def stack_config(stack: str, sets: list[str] | tuple[str, ...] = (), root: Path = ROOT,
+                 secret_keys: tuple[str, ...] = ()) -> tuple[dict, set[str]]:
     """Project defaults + Pulumi.<stack>.yaml + --set overrides -> ({key: value}, secret keys).
+
+    `secret_keys` names the keys whose --set value is a secret (the program's stacks.config.SECRET_KEYS).
 
     Keys are bare (no project prefix); object keys hold nested dicts, like `pulumi config --path`.
     """
     project = yaml.safe_load((root / "Pulumi.yaml").read_text())
+    prefix = f"{project['name']}:"
     values: dict[str, Any] = {}
     for key, decl in (project.get("config") or {}).items():
         if isinstance(decl, dict) and ("default" in decl or "value" in decl):
@@ -74,15 +82,15 @@ def stack_config(stack: str, sets: list[str] | tuple[str, ...] = (), root: Path 
     if not stack_file.exists():
         known = sorted(p.name[len("Pulumi."):-len(".yaml")] for p in root.glob("Pulumi.*.yaml"))
         raise StackConfigError(f"stack {stack!r} has no Pulumi.{stack}.yaml; known stacks: {', '.join(known)}")
-    secret_keys: set[str] = set()
+    secret: set[str] = set()
     for key, value in ((yaml.safe_load(stack_file.read_text()) or {}).get("config") or {}).items():
-        bare = key.split(":", 1)[1] if key.startswith(f"{PROJECT}:") else key
+        bare = key[len(prefix):] if key.startswith(prefix) else key
         if ":" in bare:
             continue  # provider config such as kubernetes:context
         if isinstance(value, dict) and set(value) == {"secure"}:
             # An encrypted value: only the Pulumi CLI can decrypt it. Render a placeholder secret.
             value = f"offline-placeholder-for-{bare}"
-            secret_keys.add(bare)
+            secret.add(bare)
         values[bare] = value
     for item in sets:
         key, sep, text = item.partition("=")
@@ -93,9 +101,9 @@ def stack_config(stack: str, sets: list[str] | tuple[str, ...] = (), root: Path 
         except yaml.YAMLError as exc:
             raise StackConfigError(f"--set {item!r}: value is not valid YAML ({exc.problem})") from None
         set_path(values, key, value)
-        if key.split(".")[0] == "hfToken":
-            secret_keys.add("hfToken")
-    return values, secret_keys
+        if key.split(".")[0] in secret_keys:
+            secret.add(key.split(".")[0])
+    return values, secret
 
 
 def set_path(values: dict, dotted: str, value: Any) -> None:
@@ -162,7 +170,7 @@ def make_monitor(mocks, run: Run):
             return response
 
         def RegisterResourceOutputs(self, request):
-            if request.urn.endswith(f"::pulumi:pulumi:Stack::{PROJECT}-{_stack_of(request.urn)}"):
+            if "::pulumi:pulumi:Stack::" in request.urn:
                 run.outputs = rpc.deserialize_properties(request.outputs)
             return super().RegisterResourceOutputs(request)
 
@@ -180,11 +188,6 @@ def whole_numbers(value: Any) -> Any:
     return value
 
 
-def _stack_of(urn: str) -> str:
-    # urn:pulumi:<stack>::<project>::<type>::<name>
-    return urn.split("::")[0].split(":")[-1]
-
-
 class _Collect(logging.Handler):
     def __init__(self, run: Run):
         super().__init__(logging.WARNING)
@@ -197,6 +200,7 @@ class _Collect(logging.Handler):
 def run_program(stack: str, config: dict, secret_keys: set[str], root: Path = ROOT, preview: bool = False) -> Run:
     """Run `__main__.py` of the project at `root` with this config; record what it registers."""
     run = Run()
+    project = project_name(root)
     for key in secret_keys:
         if config.get(key):
             run.secret_values.append(str(config[key]))
@@ -210,11 +214,11 @@ def run_program(stack: str, config: dict, secret_keys: set[str], root: Path = RO
         logger.propagate = False
         logger.addHandler(_Collect(run))
         mocks = make_mocks(run)
-        pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=preview, logger=logger,
+        pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=preview, logger=logger,
                                  monitor=make_monitor(mocks, run))
         pulumi.runtime.set_all_config(
-            {f"{PROJECT}:{k}": _engine_value(v) for k, v in config.items()},
-            [f"{PROJECT}:{k}" for k in secret_keys],
+            {f"{project}:{k}": _engine_value(v) for k, v in config.items()},
+            [f"{project}:{k}" for k in secret_keys],
         )
         # set_mocks made a root Stack for unit tests; the program gets its own, as under the CLI.
         pulumi.runtime.settings.ROOT.set(None)

@@ -66,7 +66,7 @@ def _read_config(stack: str, sets, root: Path):
     from stacks import config as stack_config
 
     try:
-        values, secret_keys = engine.stack_config(stack, list(sets), root)
+        values, secret_keys = engine.stack_config(stack, list(sets), root, stack_config.SECRET_KEYS)
         plain = {k: v for k, v in values.items() if k not in stack_config.SECRET_KEYS}
         return stack_config.parse(plain), values, secret_keys
     except (engine.StackConfigError, stack_config.ConfigError) as error:
