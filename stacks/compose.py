@@ -73,6 +73,7 @@ def deploy(cfg: StackConfig, *, spread_across_nodes: bool, disruption_budgets: b
         "prometheus_namespace": cfg.monitoring.namespace if cfg.monitoring.enabled else None,
         "peers": coordination.peers,
         "external_ports": coordination.external_ports,
+        "api_server_cidrs": list(cfg.network_policy.api_server_cidrs),
     })
     if disruption_budgets:
         GraphDisruptionBudgets(f"{graph_name}-disruption", {

@@ -86,6 +86,9 @@ FIELDS: tuple[Field, ...] = (
           pattern=r"^https?://[^,\s]+(,https?://[^,\s]+)*$", pattern_doc="comma-separated http(s):// URLs"),
     Field("etcd.credentialsSecret", str, "", "Secret in the graph's namespace (keys username, password) for etcd.endpoints.",
           pattern=_DNS_LABEL, pattern_doc=_DNS_LABEL_DOC),
+    Field("networkPolicy.apiServerCidrs", str, "", "Comma-separated CIDRs of the Kubernetes API server that graph pods may reach "
+          "(Kubernetes discovery); empty allows ports 443/6443 to any address.",
+          pattern=r"^[0-9A-Fa-f:.]+/[0-9]+(,[0-9A-Fa-f:.]+/[0-9]+)*$", pattern_doc="comma-separated CIDRs like 10.96.0.1/32"),
     Field("monitoring.enabled", bool, True, "Create PodMonitors, the Grafana dashboard and alert rules."),
     Field("monitoring.prometheusRelease", str, "kube-prometheus-stack", "Value of the `release` label kube-prometheus-stack selects monitors on."),
     Field("monitoring.namespace", str, "monitoring", "Namespace where Prometheus and Grafana run (for network policies and the dashboard).",
@@ -194,6 +197,12 @@ class MonitoringAlertsConfig:
 
 
 @dataclass(frozen=True)
+class NetworkPolicyConfig:
+    api_server_cidrs: tuple[str, ...]
+    """Where the API server is; empty = anywhere."""
+
+
+@dataclass(frozen=True)
 class MonitoringConfig:
     enabled: bool
     prometheus_release: str
@@ -218,6 +227,7 @@ class StackConfig:
     discovery: str
     nats: NatsConfig
     etcd: EtcdConfig
+    network_policy: NetworkPolicyConfig
     monitoring: MonitoringConfig
 
 
@@ -348,6 +358,7 @@ def parse(raw: dict[str, Any], hf_token: Optional[pulumi.Output] = None) -> Stac
         nats=NatsConfig(v["nats.enabled"], v["nats.chartVersion"], v["nats.replicas"], v["nats.storageSize"], v["nats.storageClass"]),
         etcd=EtcdConfig(v["etcd.enabled"], v["etcd.chartVersion"], v["etcd.imageTag"], v["etcd.replicas"],
                         v["etcd.storageSize"], v["etcd.storageClass"], v["etcd.endpoints"], v["etcd.credentialsSecret"]),
+        network_policy=NetworkPolicyConfig(tuple(c for c in v["networkPolicy.apiServerCidrs"].split(",") if c)),
         monitoring=MonitoringConfig(v["monitoring.enabled"], v["monitoring.prometheusRelease"], v["monitoring.namespace"],
                                     platform_monitors=v["monitoring.platformMonitors"], alerts=MonitoringAlertsConfig(
                                         error_ratio_percent=v["monitoring.alerts.errorRatioPercent"],

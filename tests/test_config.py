@@ -61,6 +61,7 @@ BAD = [
     Bad({"wrokers": {"replicas": 2}}, "wrokers.replicas", "known sections"),
     Bad({"workers": {"nodeCount": 2}}, "modelCache.accessMode", "ReadWriteMany"),
     Bad({"topology": "multinode"}, "modelCache.accessMode", "ReadWriteMany"),
+    Bad({"networkPolicy": {"apiServerCidrs": "kubernetes.default"}}, "networkPolicy.apiServerCidrs", "CIDRs"),
     Bad({"modelCache": {"hostPath": "cache"}}, "modelCache.hostPath", "absolute"),
 ]
 

@@ -301,3 +301,13 @@ def test_an_external_etcd_is_reachable_on_its_ports_only():
     assert allowed(policies, frontend, in_cluster_etcd, 12379) and allowed(policies, worker, External("192.0.2.10"), 12379)
     assert not allowed(policies, frontend, in_cluster_etcd, 2379)
     assert not allowed(policies, frontend, External("192.0.2.10"), 6443), "etcd discovery: no API server rule"
+
+
+def test_api_server_cidrs_from_stack_config():
+    result = rendered("dev", "networkPolicy.apiServerCidrs=10.96.0.1/32,fd00::1/128")
+    egress = next(p for p in policies_of(result) if p["metadata"]["name"] == "vllm-agg-egress")["spec"]["egress"]
+    api_rules = [r for r in egress if any(port["port"] == 6443 for port in r.get("ports", []))]
+    assert api_rules and api_rules[0]["to"] == [{"ipBlock": {"cidr": "10.96.0.1/32"}}, {"ipBlock": {"cidr": "fd00::1/128"}}]
+    frontend = graph_pod("vllm-agg", "Frontend", "frontend")
+    assert allowed(policies_of(result), frontend, API_SERVER, 6443)
+    assert not allowed(policies_of(result), frontend, INTERNET, 6443)
